@@ -1,0 +1,87 @@
+"""Datasets as numpy arrays and `tf.data` pipelines.
+
+Every dataset yields float32 images in [0,1], NHWC, and int32 labels. A dataset is a
+`DatasetSpec` in `_REGISTRY`: adding one touches one module (register it with `register`).
+
+`load_numpy` imports no TensorFlow; `make_dataset` builds the tf.data pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+SPLITS = ("train", "test")
+
+
+class DataError(ValueError):
+    """A dataset cannot be loaded as asked (unknown name, missing files, bad split)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What the rest of the toolkit needs to know about a dataset."""
+
+    name: str
+    num_classes: int
+    image_shape: tuple  # (H, W, C)
+    # loader(split, data_dir) -> (images float32 [N,H,W,C] in [0,1], labels int32 [N])
+    loader: Callable[[str, str | None], tuple[np.ndarray, np.ndarray]]
+    # Paper augmentation (pad-crop + flip) applies to natural images, not to 8x8 digits.
+    augment_padding: int = 0
+    augment_flip: bool = False
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"dataset {spec.name!r} is registered twice")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def spec(name: str) -> DatasetSpec:
+    """The `DatasetSpec` of `name`; `DataError` naming the known datasets otherwise."""
+    if name not in _REGISTRY:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def load_numpy(name: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return `(images, labels)` of a split as numpy arrays.
+
+    images: float32 [N, H, W, C] in [0,1]; labels: int32 [N]. `split` is "train" or "test".
+    `data_dir` points at local data for datasets that need files (see each dataset).
+    """
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    images, labels = spec(name).loader(split, data_dir)
+    return np.ascontiguousarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int32)
+
+
+def make_dataset(images, labels, batch_size: int, *, shuffle: bool, seed: int = 0,
+                 drop_remainder: bool = False, repeat: bool = False):
+    """A `tf.data.Dataset` of `(images, labels)` batches: shuffled per epoch (seeded),
+    batched and prefetched. Augmentation is not done here: it runs in batch on the
+    accelerator inside the training step (`rslad_tf.data.augment`)."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# Datasets register themselves on import.
+from rslad_tf.data import digits  # noqa: E402,F401
