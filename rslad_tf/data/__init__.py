@@ -29,6 +29,8 @@ class DatasetSpec:
     image_shape: tuple  # (H, W, C)
     # loader(split, data_dir) -> (images float32 [N,H,W,C] in [0,1], labels int32 [N])
     loader: Callable[[str, str | None], tuple[np.ndarray, np.ndarray]]
+    # The L-inf radius of the threat model on this dataset (8/255 for CIFAR, PAPER.md).
+    epsilon: float = 8 / 255
     # Paper augmentation (pad-crop + flip) applies to natural images, not to 8x8 digits.
     augment_padding: int = 0
     augment_flip: bool = False
@@ -85,3 +87,4 @@ def make_dataset(images, labels, batch_size: int, *, shuffle: bool, seed: int = 
 
 # Datasets register themselves on import.
 from rslad_tf.data import digits  # noqa: E402,F401
+from rslad_tf.data import cifar  # noqa: E402,F401

@@ -37,4 +37,9 @@ def _load(split: str, data_dir: str | None):
     return images.copy(), labels.copy()
 
 
-SPEC = register(DatasetSpec(name="digits", num_classes=10, image_shape=(8, 8, 1), loader=_load))
+# eps = 0.2 (about 3 of the 16 grey levels): PGD-20 at this radius breaks a naturally
+# trained CNN (0.4% accuracy) while PGD-trained ones keep about 72% (README, "Digits epsilon").
+EPSILON = 0.2
+
+SPEC = register(DatasetSpec(name="digits", num_classes=10, image_shape=(8, 8, 1), loader=_load,
+                            epsilon=EPSILON))

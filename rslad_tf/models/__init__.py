@@ -51,3 +51,4 @@ def create(name: str, num_classes: int, input_shape=(32, 32, 3), **kwargs) -> ke
 
 # Builders register themselves on import.
 from rslad_tf.models import small_cnn  # noqa: E402,F401
+from rslad_tf.models import resnet, mobilenetv2, wrn  # noqa: E402,F401

@@ -1,0 +1,154 @@
+"""The one PGD engine (L-infinity) that serves training and evaluation.
+
+Projected gradient ascent on a pluggable objective (Madry et al. 2018):
+
+    x_{t+1} = clip_[0,1]( clip_{x +- eps}( x_t + step_size * sign(grad_x L(f(x_t))) ) )
+
+- objective ``loss``: "ce" (cross-entropy on labels), "kl" (KL(target_probs || f(x'))),
+  "cw" (Carlini-Wagner margin, kappa-clipped); each summed over the batch, so each
+  example's step is independent of the batch size.
+- random start ``start``: "none", "uniform" (U(-eps, eps), Madry / SAT / evaluation) or
+  "normal" (0.001 * N(0, 1), TRADES and RSLAD).
+
+The model is always called with ``training=False``: BatchNorm moving statistics and all
+weights are untouched, and gradients are taken with respect to the input only. The loop is
+a graph loop (``tf.while_loop``), so the step count is a tensor and never unrolled.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from rslad_tf import losses
+
+OBJECTIVES = ("ce", "kl", "cw")
+STARTS = ("none", "uniform", "normal")
+NORMAL_START_STD = 0.001
+
+
+def _check(loss: str, start: str) -> None:
+    if loss not in OBJECTIVES:
+        raise ValueError(f"unknown attack loss {loss!r}; choose one of {OBJECTIVES}")
+    if start not in STARTS:
+        raise ValueError(f"unknown random start {start!r}; choose one of {STARTS}")
+
+
+def objective(loss: str, logits, labels, target_probs, kappa):
+    """The attack objective summed over the batch (to be maximised). logits: [B, K]."""
+    logits = tf.cast(logits, tf.float32)  # mixed precision: attack losses in float32
+    if loss == "ce":
+        return losses.cross_entropy(labels, logits, reduction="sum")
+    if loss == "kl":
+        return losses.kl_divergence(target_probs, tf.nn.log_softmax(logits, axis=-1),
+                                    reduction="sum")
+    return tf.reduce_sum(losses.cw_margin(logits, labels, kappa=kappa))
+
+
+def random_start(x, eps, start: str, seed):
+    """Starting point inside the eps ball and [0,1]. ``seed``: int64 tensor of shape [2]."""
+    if start == "none":
+        return x
+    if start == "uniform":
+        noise = tf.random.stateless_uniform(tf.shape(x), seed, minval=-1.0, maxval=1.0) * eps
+    else:
+        noise = tf.random.stateless_normal(tf.shape(x), seed) * NORMAL_START_STD
+    # The references clip only after the first step; clipping here as well changes nothing
+    # after that step and keeps the invariants true even for steps = 0.
+    return tf.clip_by_value(tf.clip_by_value(x + noise, x - eps, x + eps), 0.0, 1.0)
+
+
+def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps,
+              loss: str = "ce", start: str = "uniform", seed=None, kappa=50.0):
+    """Graph-mode PGD: call inside ``tf.function`` / ``train_step``. Returns x_adv [B,H,W,C].
+
+    ``eps``, ``step_size``, ``steps`` and ``kappa`` may be Python numbers or scalar tensors;
+    ``seed`` is an int tensor of shape [2] (stateless RNG; required unless start="none").
+    """
+    _check(loss, start)
+    x = tf.convert_to_tensor(x, tf.float32)
+    eps = tf.cast(eps, tf.float32)
+    step_size = tf.cast(step_size, tf.float32)
+    kappa = tf.cast(kappa, tf.float32)
+    if start != "none" and seed is None:
+        raise ValueError("a random start needs a seed")
+    if seed is not None:
+        seed = tf.cast(seed, tf.int64)
+    lower = tf.maximum(x - eps, 0.0)
+    upper = tf.minimum(x + eps, 1.0)
+
+    def step(i, x_adv):
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x_adv)
+            value = objective(loss, model(x_adv, training=False), labels, target_probs, kappa)
+        grad = tape.gradient(value, x_adv)
+        x_adv = tf.clip_by_value(x_adv + step_size * tf.sign(grad), lower, upper)
+        return i + 1, tf.stop_gradient(x_adv)
+
+    x_adv = random_start(x, eps, start, seed)
+    _, x_adv = tf.while_loop(lambda i, _: i < tf.cast(steps, tf.int32), step,
+                             (tf.constant(0, tf.int32), x_adv))
+    return x_adv
+
+
+_compiled = tf.function(pgd_graph, reduce_retracing=True)
+
+
+def resolve_seed(seed):
+    """An int tensor [2] for the stateless RNG from an int, a keras SeedGenerator or None."""
+    if isinstance(seed, keras.random.SeedGenerator):
+        return tf.cast(seed.next(), tf.int64)
+    if seed is None:
+        seed = int(tf.random.uniform([], 0, 2**31 - 1, dtype=tf.int64))
+    return tf.constant([int(seed), 0], tf.int64)
+
+
+def pgd(model, x, y=None, *, eps, steps=10, step_size=None, loss="ce", start="uniform",
+        target_probs=None, seed=None, kappa=50.0):
+    """L-infinity PGD (Madry et al. 2018) with a pluggable objective and random start.
+
+    Threat model: ``||x_adv - x||_inf <= eps``, x_adv in [0,1]. Defaults: 10 steps of
+    ``step_size = eps / 4`` (2/255 at eps = 8/255), CE objective, uniform start.
+    ``y``: int labels [B] (objectives "ce" and "cw"); ``target_probs``: [B, K] (objective
+    "kl"). ``seed``: int, keras ``SeedGenerator`` or None. Compiled with ``tf.function`` when
+    called eagerly; inlined when called inside a graph (e.g. a ``train_step``).
+    """
+    _check(loss, start)
+    if step_size is None:
+        step_size = eps / 4.0
+    if loss in ("ce", "cw") and y is None:
+        raise ValueError(f"attack loss {loss!r} needs labels y")
+    if loss == "kl" and target_probs is None:
+        raise ValueError("attack loss 'kl' needs target_probs")
+    if tf.executing_eagerly():
+        seed_t = resolve_seed(seed) if start != "none" else None
+        return _compiled(model, tf.convert_to_tensor(x, tf.float32),
+                         None if y is None else tf.convert_to_tensor(y),
+                         None if target_probs is None else tf.convert_to_tensor(target_probs, tf.float32),
+                         eps=tf.constant(eps, tf.float32), step_size=tf.constant(step_size, tf.float32),
+                         steps=tf.constant(steps, tf.int32), loss=loss, start=start, seed=seed_t,
+                         kappa=tf.constant(kappa, tf.float32))
+    seed_t = None
+    if start != "none":
+        if isinstance(seed, keras.random.SeedGenerator):
+            seed_t = tf.cast(seed.next(), tf.int64)
+        elif seed is None:
+            raise ValueError("inside a graph, pass seed= a keras.random.SeedGenerator or an int")
+        else:
+            seed_t = tf.constant([int(seed), 0], tf.int64)
+    return pgd_graph(model, x, y, target_probs, eps=eps, step_size=step_size, steps=steps,
+                     loss=loss, start=start, seed=seed_t, kappa=kappa)
+
+
+def fgsm(model, x, y, *, eps):
+    """FGSM (Goodfellow et al. 2015): one signed-gradient step of size eps on CE, no random
+    start. The one-step case of ``pgd``."""
+    return pgd(model, x, y, eps=eps, steps=1, step_size=eps, loss="ce", start="none")
+
+
+def cw_inf(model, x, y, *, eps, steps=20, step_size=None, kappa=50.0, seed=None):
+    """CW_inf: PGD on the Carlini-Wagner margin loss (Carlini & Wagner 2017) under the
+    L-infinity threat model, as in the TRADES/RSLAD evaluations: 20 steps of eps/4
+    (2/255 at 8/255), uniform random start, kappa = 50."""
+    return pgd(model, x, y, eps=eps, steps=steps, step_size=step_size, loss="cw",
+               start="uniform", seed=seed, kappa=kappa)

@@ -1,0 +1,93 @@
+"""Files that are never half-written: atomic writes, checksums, safe model loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+
+from rslad_tf.errors import UserError
+
+
+def _atomic(path: str, write, suffix: str = "") -> None:
+    """Write through ``write(tmp_path)`` to a temporary file beside ``path``, fsync it, then
+    rename it over ``path``: a crash leaves either the old file or the new one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path: str, text: str) -> None:
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    _atomic(path, write)
+
+
+def write_json(path: str, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def write_npz(path: str, arrays: dict) -> None:
+    """`np.savez` through an open file (it would append ``.npz`` to a bare path)."""
+    import numpy as np
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    _atomic(path, write)
+
+
+def save_model(model, path: str) -> None:
+    """Save a Keras model to ``path`` (a ``.keras`` file) atomically."""
+    _atomic(path, lambda tmp: model.save(tmp), suffix=".keras")
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(path: str, *, what: str = "model", expected_sha256: str | None = None):
+    """Load a ``.keras`` file in Keras' safe mode (no arbitrary code from lambdas).
+
+    Raises `UserError` for a missing file, a checksum mismatch, or a file that is not a
+    Keras model.
+    """
+    import keras
+
+    import rslad_tf.methods  # noqa: F401 - registers the method classes for loading
+
+    if not os.path.isfile(path):
+        raise UserError(f"{what} file {path!r} does not exist")
+    if expected_sha256 is not None:
+        actual = sha256(path)
+        if actual.lower() != expected_sha256.lower():
+            raise UserError(f"{what} file {path!r} has SHA-256 {actual}, expected "
+                            f"{expected_sha256}; refusing to load it")
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a model file"
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise UserError(f"{what} file {path!r} is not a loadable Keras model ({reason})") from None

@@ -1,0 +1,217 @@
+"""The shared training machinery of every method: a `keras.Model` around the student.
+
+A method subclass says three things, each in one place:
+
+- ``prepare(x, y)``: what the frozen teacher (or the student in inference mode) provides
+  before the attack, e.g. RSLAD's soft labels T(x). Computed once per batch, no gradients.
+- ``attack(x, y, ctx)``: the inner maximisation, built on ``rslad_tf.attacks.pgd_graph``.
+- ``loss_terms(x, x_adv, y, ctx)``: the outer loss as a dict with key "loss", one entry
+  per logged term, and "logits" (the student logits whose accuracy is logged as "acc";
+  adversarial ones for adversarial methods), computed with the student in training mode.
+
+`train_step` does the rest: in-batch augmentation on the device, the update of the student
+only (teacher frozen and never in training mode), PyTorch-style coupled weight decay, and
+loss scaling so N replicas under `tf.distribute` compute the same update as one device.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from rslad_tf import losses
+from rslad_tf.attacks import pgd_graph
+from rslad_tf.data import augment
+
+ATTACK_BATCHNORM_MODES = ("inference", "train")
+
+
+class _TrainModeView:
+    """Calls a model in training mode whatever it is asked: the ARD/IAD reference codes run
+    their attack with BatchNorm in training mode (``attack_batchnorm="train"``)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __call__(self, x, training=False):
+        del training
+        return self._model(x, training=True)
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    """Keeps the method's ``epoch`` variable in step with `fit` (used by IAD's warm-up)."""
+
+    def __init__(self, method):
+        super().__init__()
+        self._method = method
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._method.epoch.assign(epoch)
+
+
+class AdversarialMethod(keras.Model):
+    """Base class of the training methods. Subclasses set ``method_name`` and ``term_names``.
+
+    Args:
+        student: the Keras model being trained (images in [0,1] -> logits).
+        teacher: a frozen Keras model (distillation methods only).
+        epsilon: L-inf radius of the training attack (8/255 for CIFAR).
+        step_size: PGD step (2/255 for CIFAR).
+        attack_steps: PGD steps of the training attack (10).
+        attack_start: "none", "uniform" or "normal" (the method's reference default if None).
+        attack_batchnorm: "inference" (BatchNorm frozen during the attack) or "train"
+            (as the ARD/IAD references do; moving statistics then drift during the attack).
+        weight_decay: coupled L2 added to the gradients, as PyTorch's SGD(weight_decay=...).
+        augment_padding, augment_flip: in-batch pad-crop / flip on the device (0 / False off).
+        seed: seed of the method's random generator (attack starts, augmentation).
+    """
+
+    method_name = "base"
+    term_names: tuple = ()
+    default_attack_start = "uniform"
+    uses_teacher = False
+
+    def __init__(self, student, teacher=None, *, epsilon=8 / 255, step_size=2 / 255,
+                 attack_steps=10, attack_start=None, attack_batchnorm="inference",
+                 weight_decay=0.0, augment_padding=0, augment_flip=False, seed=0, **kwargs):
+        super().__init__(**kwargs)
+        if attack_start is None:
+            attack_start = self.default_attack_start
+        if attack_batchnorm not in ATTACK_BATCHNORM_MODES:
+            raise ValueError(f"attack_batchnorm must be one of {ATTACK_BATCHNORM_MODES}, "
+                             f"got {attack_batchnorm!r}")
+        if self.uses_teacher and teacher is None:
+            raise ValueError(f"{type(self).__name__} needs a teacher model")
+        if not 0.0 <= float(epsilon) <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {epsilon}")
+        self.student = student
+        self.teacher = teacher if self.uses_teacher else None
+        if self.teacher is not None:
+            self.teacher.trainable = False
+        self.epsilon = float(epsilon)
+        self.step_size = float(step_size)
+        self.attack_steps = int(attack_steps)
+        self.attack_start = attack_start
+        self.attack_batchnorm = attack_batchnorm
+        self.weight_decay = float(weight_decay)
+        self.augment_padding = int(augment_padding)
+        self.augment_flip = bool(augment_flip)
+        self.seed = int(seed)
+        self.seed_generator = keras.random.SeedGenerator(self.seed, name="method_seed")
+        # The current epoch, for schedules inside the loss (IAD's warm-up); set by `fit`.
+        self.epoch = keras.Variable(0, dtype="int32", trainable=False, name="epoch")
+        self.loss_trackers = {name: keras.metrics.Mean(name=name)
+                              for name in ("loss",) + tuple(self.term_names)}
+        self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="acc")
+
+    # -- Keras plumbing -------------------------------------------------------------------
+    def call(self, inputs, training=False):
+        return self.student(inputs, training=training)
+
+    def build(self, input_shape):
+        # Build the student (and teacher) so that optimizer state saves and reloads.
+        if not self.student.built:
+            self.student.build(input_shape)
+        self.built = True
+
+    @property
+    def metrics(self):
+        return list(self.loss_trackers.values()) + [self.accuracy_tracker]
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        callbacks = list(callbacks or []) + [_EpochCounter(self)]
+        return super().fit(*args, callbacks=callbacks, **kwargs)
+
+    def get_config(self):
+        config = {
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher": (keras.saving.serialize_keras_object(self.teacher)
+                        if self.teacher is not None else None),
+            "name": self.name,
+        }
+        config.update(self.hyperparameters())
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["student"] = keras.saving.deserialize_keras_object(config["student"])
+        teacher = config.pop("teacher", None)
+        if cls.uses_teacher:
+            config["teacher"] = keras.saving.deserialize_keras_object(teacher)
+        return cls(**config)
+
+    def hyperparameters(self) -> dict:
+        """Every constructor hyperparameter (what `get_config` saves besides the models)."""
+        return {
+            "epsilon": self.epsilon, "step_size": self.step_size,
+            "attack_steps": self.attack_steps, "attack_start": self.attack_start,
+            "attack_batchnorm": self.attack_batchnorm, "weight_decay": self.weight_decay,
+            "augment_padding": self.augment_padding, "augment_flip": self.augment_flip,
+            "seed": self.seed,
+        }
+
+    # -- pieces a method defines ----------------------------------------------------------
+    def prepare(self, x, y):
+        """Per-batch inputs of the attack and the loss that need no gradient. Returns a dict."""
+        return {}
+
+    def attack(self, x, y, ctx):
+        raise NotImplementedError
+
+    def loss_terms(self, x, x_adv, y, ctx):
+        raise NotImplementedError
+
+    # -- helpers for subclasses -----------------------------------------------------------
+    def student_for_attack(self):
+        """The student as the training attack sees it (BatchNorm mode per attack_batchnorm)."""
+        if self.attack_batchnorm == "train":
+            return _TrainModeView(self.student)
+        return self.student
+
+    def teacher_logits(self, x):
+        """Teacher logits in inference mode, no gradient (the teacher is never trained)."""
+        return tf.stop_gradient(tf.cast(self.teacher(x, training=False), tf.float32))
+
+    def run_pgd(self, x, y=None, target_probs=None, *, loss="ce", start=None):
+        """The training attack with this method's eps, step, steps and start."""
+        start = self.attack_start if start is None else start
+        seed = self.seed_generator.next() if start != "none" else None
+        return pgd_graph(self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
+                         step_size=self.step_size, steps=self.attack_steps, loss=loss,
+                         start=start, seed=seed)
+
+    def augment(self, x):
+        if not self.augment_padding and not self.augment_flip:
+            return x
+        return augment.pad_crop_flip(x, padding=self.augment_padding, flip=self.augment_flip,
+                                     seed=self.seed_generator.next())
+
+    # -- the step -------------------------------------------------------------------------
+    def train_step(self, data):
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        x = self.augment(tf.cast(x, tf.float32))
+        ctx = self.prepare(x, y)
+        x_adv = tf.stop_gradient(self.attack(x, y, ctx))
+        variables = self.student.trainable_variables
+        with tf.GradientTape() as tape:
+            terms = self.loss_terms(x, x_adv, y, ctx)
+            # Gradients are summed over replicas: scale so N devices match one device.
+            scaled = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
+        grads = tape.gradient(scaled, variables)
+        if self.weight_decay:
+            grads = [g + self.weight_decay * v for g, v in zip(grads, variables)]
+        self.optimizer.apply_gradients(zip(grads, variables))
+        for name, tracker in self.loss_trackers.items():
+            tracker.update_state(terms[name])
+        self.accuracy_tracker.update_state(y, terms["logits"])
+        return {m.name: m.result() for m in self.metrics}
+
+    def test_step(self, data):
+        """Clean accuracy and cross-entropy of the student in inference mode."""
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        logits = tf.cast(self.student(x, training=False), tf.float32)
+        ce = losses.cross_entropy(y, logits)
+        self.loss_trackers["loss"].update_state(ce)
+        self.accuracy_tracker.update_state(y, logits)
+        return {"loss": self.loss_trackers["loss"].result(), "acc": self.accuracy_tracker.result()}

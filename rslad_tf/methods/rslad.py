@@ -1,0 +1,56 @@
+"""RSLAD (Zi et al., ICCV 2021): robust soft label adversarial distillation."""
+
+import keras
+import tensorflow as tf
+
+from rslad_tf import losses
+from rslad_tf.methods.base import AdversarialMethod
+
+
+@keras.saving.register_keras_serializable(package="rslad_tf")
+class RSLADModel(AdversarialMethod):
+    """RSLAD: the robust teacher's soft labels T(x) on clean images replace hard labels
+    everywhere (Zi et al. 2021, section 4):
+
+    - inner maximisation: x' maximises KL(T(x) || S(x')) (summed over the batch), student
+      in inference mode, start x + 0.001 N(0, 1), 10 steps of 2/255;
+    - outer loss: 5/6 * KL(T(x) || S(x')) + 1/6 * KL(T(x) || S(x)), no temperature,
+      reduction "mean" over batch x classes as in the reference (``scale=10`` for CIFAR-100).
+
+    Usable on its own: ``RSLADModel(student, teacher).compile(optimizer=...)`` then
+    ``.fit(dataset)`` with a dataset of (images in [0,1], labels); labels only feed the
+    logged accuracy, never the loss.
+    """
+
+    method_name = "rslad"
+    term_names = ("kl_adv", "kl_nat")
+    default_attack_start = "normal"
+    uses_teacher = True
+
+    def __init__(self, student, teacher, *, adv_weight=5.0 / 6.0, nat_weight=1.0 / 6.0,
+                 reduction="mean", scale=1.0, **kwargs):
+        super().__init__(student, teacher, **kwargs)
+        self.adv_weight = float(adv_weight)
+        self.nat_weight = float(nat_weight)
+        self.reduction = reduction
+        self.scale = float(scale)
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "adv_weight": self.adv_weight,
+                "nat_weight": self.nat_weight, "reduction": self.reduction, "scale": self.scale}
+
+    def prepare(self, x, y):
+        teacher_logits = self.teacher_logits(x)  # T(x) on clean images only, once per batch
+        return {"teacher_logits": teacher_logits,
+                "soft_labels": tf.nn.softmax(teacher_logits, axis=-1)}
+
+    def attack(self, x, y, ctx):
+        return self.run_pgd(x, target_probs=ctx["soft_labels"], loss="kl")
+
+    def loss_terms(self, x, x_adv, y, ctx):
+        logits_adv = tf.cast(self.student(x_adv, training=True), tf.float32)
+        logits_nat = tf.cast(self.student(x, training=True), tf.float32)
+        total, kl_adv, kl_nat = losses.rslad_loss(
+            ctx["teacher_logits"], logits_adv, logits_nat, adv_weight=self.adv_weight,
+            nat_weight=self.nat_weight, reduction=self.reduction, scale=self.scale)
+        return {"loss": total, "kl_adv": kl_adv, "kl_nat": kl_nat, "logits": logits_adv}

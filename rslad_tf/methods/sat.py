@@ -1,0 +1,23 @@
+"""SAT / PGD-AT (Madry et al. 2018): train on PGD examples with hard labels."""
+
+import keras
+import tensorflow as tf
+
+from rslad_tf import losses
+from rslad_tf.methods.base import AdversarialMethod
+
+
+@keras.saving.register_keras_serializable(package="rslad_tf")
+class SATModel(AdversarialMethod):
+    """Madry's PGD adversarial training: min CE(S(x'), y), x' = PGD on CE(S(.), y) with a
+    uniform random start, 10 steps of 2/255, BatchNorm frozen during the attack."""
+
+    method_name = "sat"
+    default_attack_start = "uniform"
+
+    def attack(self, x, y, ctx):
+        return self.run_pgd(x, y, loss="ce")
+
+    def loss_terms(self, x, x_adv, y, ctx):
+        logits_adv = tf.cast(self.student(x_adv, training=True), tf.float32)
+        return {"loss": losses.cross_entropy(y, logits_adv), "logits": logits_adv}

@@ -1,0 +1,387 @@
+"""`python -m rslad_tf.train`: train a teacher or a student from a preset.
+
+Run directory (``--out``, default ``runs/<preset>``):
+
+    config.json              the resolved configuration
+    history.csv              per epoch: loss terms, train acc, clean / PGD-20 test acc, lr, seconds
+    checkpoints/best.keras   the student with the best PGD-20 test accuracy (reference rule)
+    checkpoints/last.keras   the student after the last epoch
+    checkpoints/state.npz    everything needed to resume exactly (weights, optimizer, RNG, epoch)
+    tensorboard/             Keras' TensorBoard logs
+
+A run never overwrites an existing run directory unless ``--resume`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from rslad_tf import presets
+from rslad_tf.errors import UserError, run_cli
+
+DEFAULT_RUNS_DIR = "runs"
+STATE_FILE = "state.npz"
+
+
+# -- configuration ---------------------------------------------------------------------
+def default_out_dir(preset: str, runs_dir: str = DEFAULT_RUNS_DIR) -> str:
+    return os.path.join(runs_dir, preset)
+
+
+def teacher_checkpoint(run_dir: str) -> str:
+    """The teacher file a finished teacher run provides: its best checkpoint."""
+    return os.path.join(run_dir, "checkpoints", "best.keras")
+
+
+def resolve_config(args) -> presets.TrainConfig:
+    """The preset with the command-line overrides applied, validated."""
+    config = presets.get(args.preset)
+    if args.method is not None and args.method != config.method:
+        if args.method not in presets.METHOD_NAMES:
+            raise presets.PresetError(f"unknown method {args.method!r}; choose one of: "
+                                      f"{', '.join(presets.METHOD_NAMES)}")
+        config = config.replace(method=args.method,
+                                method_kwargs=presets.method_defaults(args.method))
+        if config.needs_teacher and config.teacher_preset is None and args.teacher is None:
+            raise UserError(f"method {args.method!r} distils from a teacher: pass --teacher PATH")
+    overrides = {
+        "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
+        "max_steps": args.max_steps, "teacher_path": args.teacher, "epsilon": args.epsilon,
+        "eval_n_examples": args.eval_n_examples, "data_dir": args.data_dir,
+    }
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    if args.epsilon is not None:
+        # Keep the preset's step / eps ratio (2/255 per 8/255 in the paper).
+        preset = presets.get(args.preset)
+        config = config.replace(step_size=preset.step_size / preset.epsilon * args.epsilon)
+    config.validate()
+    return config
+
+
+# -- building blocks -------------------------------------------------------------------
+def learning_rate(config: presets.TrainConfig, epoch: int) -> float:
+    """Step schedule: the base rate times lr_gamma per milestone passed (epochs from 0)."""
+    passed = sum(1 for m in config.lr_milestones if epoch >= m)
+    return config.learning_rate * config.lr_gamma ** passed
+
+
+def is_eval_epoch(config: presets.TrainConfig, epoch: int) -> bool:
+    """The reference's selection schedule: every `eval_every` epochs before the first LR
+    milestone, every epoch from it on, and always the last epoch."""
+    first_milestone = min(config.lr_milestones) if config.lr_milestones else config.epochs
+    return (epoch + 1 >= first_milestone or (epoch + 1) % config.eval_every == 0
+            or epoch + 1 == config.epochs)
+
+
+def find_teacher(config: presets.TrainConfig, runs_dir: str = DEFAULT_RUNS_DIR) -> str:
+    """Path of the teacher file for a distillation config; `UserError` saying how to get one."""
+    if config.teacher_path:
+        if not os.path.isfile(config.teacher_path):
+            raise UserError(f"teacher file {config.teacher_path!r} does not exist")
+        return config.teacher_path
+    if config.teacher_preset:
+        path = teacher_checkpoint(default_out_dir(config.teacher_preset, runs_dir))
+        if os.path.isfile(path):
+            return path
+        raise UserError(
+            f"no teacher found at {path}: train one with `python -m rslad_tf.train "
+            f"--preset {config.teacher_preset}` or pass --teacher PATH")
+    raise UserError(f"preset {config.preset!r} with method {config.method!r} needs --teacher PATH")
+
+
+def load_teacher(path: str, num_classes: int, image_shape) -> "object":
+    """Load and check a teacher: a Keras model with the dataset's input shape and classes."""
+    from rslad_tf import fileio
+
+    teacher = fileio.load_model(path, what="teacher")
+    if not hasattr(teacher, "output_shape") or not hasattr(teacher, "input_shape"):
+        raise UserError(f"teacher file {path!r} does not hold a classifier model")
+    try:
+        out_classes = teacher.output_shape[-1]
+        in_shape = tuple(teacher.input_shape[1:])
+    except (AttributeError, ValueError):
+        raise UserError(f"teacher file {path!r} does not hold a classifier model") from None
+    if out_classes != num_classes:
+        raise UserError(f"teacher {path!r} predicts {out_classes} classes but the dataset has "
+                        f"{num_classes}; use a teacher trained on this dataset")
+    if in_shape != tuple(image_shape):
+        raise UserError(f"teacher {path!r} takes inputs of shape {in_shape} but the dataset's "
+                        f"images are {tuple(image_shape)}")
+    return teacher
+
+
+def build_method(config: presets.TrainConfig, student, teacher=None):
+    """The method model (e.g. `RSLADModel`) for a config, compiled with SGD."""
+    import keras
+
+    from rslad_tf.data import spec
+    from rslad_tf.methods import METHODS
+
+    data_spec = spec(config.dataset)
+    kwargs = dict(config.method_kwargs)
+    kwargs.update(epsilon=config.epsilon, step_size=config.step_size,
+                  attack_steps=config.attack_steps, weight_decay=config.weight_decay,
+                  augment_padding=data_spec.augment_padding,
+                  augment_flip=data_spec.augment_flip, seed=config.seed)
+    cls = METHODS[config.method]
+    if cls.uses_teacher:
+        kwargs["teacher"] = teacher
+    method = cls(student, **kwargs)
+    # Weight decay is applied to the gradients by the method (PyTorch's coupled form).
+    method.compile(optimizer=keras.optimizers.SGD(learning_rate=config.learning_rate,
+                                                  momentum=config.momentum))
+    method.build((None,) + tuple(data_spec.image_shape))
+    method.optimizer.build(student.trainable_variables)
+    return method
+
+
+# -- resumable state -------------------------------------------------------------------
+def _save_state(path, method, epoch, best):
+    from rslad_tf import fileio
+
+    arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(method.student.weights)}
+    arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(method.optimizer.variables)})
+    arrays["seed_state"] = np.asarray(method.seed_generator.state)
+    arrays["epoch"] = np.asarray(epoch)  # next epoch to run
+    arrays["best_pgd"] = np.asarray(best[0])
+    arrays["best_epoch"] = np.asarray(best[1])
+    fileio.write_npz(path, arrays)
+
+
+def _load_state(path, method):
+    try:
+        with np.load(path, allow_pickle=False) as state:
+            weights = method.student.weights
+            opt_vars = method.optimizer.variables
+            for i, v in enumerate(weights):
+                v.assign(state[f"w{i}"])
+            for i, v in enumerate(opt_vars):
+                v.assign(state[f"o{i}"])
+            method.seed_generator.state.assign(state["seed_state"])
+            return int(state["epoch"]), (float(state["best_pgd"]), int(state["best_epoch"]))
+    except (KeyError, ValueError, OSError) as exc:
+        raise UserError(f"cannot resume: training state {path!r} is unreadable or does not "
+                        f"match this configuration ({exc})") from None
+
+
+# -- the run ---------------------------------------------------------------------------
+HISTORY_FIELDS_HEAD = ["epoch", "lr"]
+HISTORY_FIELDS_TAIL = ["clean_acc", "pgd20_acc", "seconds"]
+
+
+def _write_history(path, rows):
+    from rslad_tf import fileio
+
+    fields = HISTORY_FIELDS_HEAD[:]
+    for row in rows:
+        for key in row:
+            if key not in fields and key not in HISTORY_FIELDS_TAIL:
+                fields.append(key)
+    fields += HISTORY_FIELDS_TAIL
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(path, buf.getvalue())
+
+
+def _read_history(path):
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def prepare_out_dir(out_dir: str, resume: bool) -> None:
+    """Refuse to touch an existing run unless resuming; refuse to resume a missing one."""
+    has_run = os.path.exists(os.path.join(out_dir, "config.json"))
+    if resume:
+        if not has_run:
+            raise UserError(f"cannot resume: {out_dir!r} holds no run (no config.json)")
+        return
+    if has_run:
+        raise UserError(f"{out_dir!r} already holds a run; pass --resume to continue it or "
+                        "choose another --out")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise UserError(f"{out_dir!r} exists and is not empty; choose another --out")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{out_dir!r} exists and is not a directory; choose another --out")
+
+
+def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
+          runs_dir: str = DEFAULT_RUNS_DIR, teacher=None, final_eval: bool = False,
+          log=print) -> dict:
+    """Train ``config`` into ``out_dir``; returns a summary dict (best/last accuracies).
+
+    ``teacher``: an already loaded teacher model (otherwise found from the config).
+    ``final_eval``: run the full evaluation suite on best and last at the end.
+    """
+    import keras
+    import tensorflow as tf
+
+    from rslad_tf import attacks, fileio, models
+    from rslad_tf.data import load_numpy, make_dataset, spec
+    from rslad_tf.evaluate import accuracy_under_attack
+
+    config.validate()
+    prepare_out_dir(out_dir, resume)
+    if resume:
+        with open(os.path.join(out_dir, "config.json")) as f:
+            saved = presets.TrainConfig.from_dict(json.load(f))
+        # Only the epoch budget may change on resume (e.g. to extend a run).
+        config = saved.replace(epochs=config.epochs)
+    data_spec = spec(config.dataset)
+    x_train, y_train = load_numpy(config.dataset, "train", config.data_dir)
+    x_test, y_test = load_numpy(config.dataset, "test", config.data_dir)
+    if config.eval_n_examples:
+        x_test, y_test = x_test[:config.eval_n_examples], y_test[:config.eval_n_examples]
+
+    if config.needs_teacher and teacher is None:
+        teacher_path = find_teacher(config, runs_dir)
+        teacher = load_teacher(teacher_path, data_spec.num_classes, data_spec.image_shape)
+        config = config.replace(teacher_path=os.path.abspath(teacher_path))
+
+    keras.utils.set_random_seed(config.seed)
+    student = models.create(config.model, data_spec.num_classes,
+                            input_shape=data_spec.image_shape, **config.model_kwargs)
+    method = build_method(config, student, teacher)
+
+    ckpt_dir = os.path.join(out_dir, "checkpoints")
+    state_path = os.path.join(ckpt_dir, STATE_FILE)
+    history_path = os.path.join(out_dir, "history.csv")
+    start_epoch, best = 0, (-1.0, -1)
+    if resume:
+        history = _read_history(history_path)
+        if os.path.exists(state_path):
+            start_epoch, best = _load_state(state_path, method)
+        history = [row for row in history if int(row["epoch"]) < start_epoch]
+    else:
+        os.makedirs(ckpt_dir, exist_ok=True)
+        fileio.write_json(os.path.join(out_dir, "config.json"), config.to_dict())
+        history = []
+
+    tensorboard = keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "tensorboard"))
+    eval_writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard", "eval"))
+    selection_attack = attacks.PROTOCOL["pgd_trades"]  # PGD-20, step 0.003 at 8/255
+    steps_per_epoch = -(-len(x_train) // config.batch_size)
+    if config.max_steps:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps)
+
+    log(f"[{config.preset}] {config.method} on {config.dataset}: {config.model}, "
+        f"{config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, "
+        f"eps {config.epsilon:.4g} -> {out_dir}")
+    for epoch in range(start_epoch, config.epochs):
+        started = time.time()
+        lr = learning_rate(config, epoch)
+        method.optimizer.learning_rate.assign(lr)
+        # One seeded order per epoch, so a resumed run sees the same data order.
+        dataset = make_dataset(x_train, y_train, config.batch_size, shuffle=True,
+                               seed=config.seed * 100003 + epoch).take(steps_per_epoch)
+        logs = method.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
+                          callbacks=[tensorboard]).history
+        row = {"epoch": epoch, "lr": lr}
+        row.update({k: float(v[-1]) for k, v in logs.items()})
+        if not all(np.isfinite(v) for k, v in row.items() if k != "epoch"):
+            raise UserError(f"training diverged: non-finite loss at epoch {epoch + 1}; the last "
+                            f"good checkpoint is kept in {ckpt_dir}; lower the learning rate")
+        message = f"epoch {epoch + 1:>3}/{config.epochs}  loss {row['loss']:.4f}  " \
+                  f"train-acc {100 * row['acc']:5.1f}%"
+        if is_eval_epoch(config, epoch):
+            clean = accuracy_under_attack(student, x_test, y_test)
+            robust = accuracy_under_attack(student, x_test, y_test, attack=selection_attack,
+                                           eps=config.epsilon, seed=config.seed)
+            row.update(clean_acc=clean, pgd20_acc=robust)
+            message += f"  test clean {clean:5.1f}%  PGD-20 {robust:5.1f}%"
+            with eval_writer.as_default():
+                tf.summary.scalar("clean_acc", clean, step=epoch)
+                tf.summary.scalar("pgd20_acc", robust, step=epoch)
+            if robust > best[0]:
+                best = (robust, epoch)
+                fileio.save_model(student, os.path.join(ckpt_dir, "best.keras"))
+                message += "  *best*"
+        row["seconds"] = round(time.time() - started, 3)
+        history.append(row)
+        fileio.save_model(student, os.path.join(ckpt_dir, "last.keras"))
+        _save_state(state_path, method, epoch + 1, best)
+        _write_history(history_path, history)
+        log(message + f"  lr {lr:.3g}  {row['seconds']:.1f}s")
+
+    summary = {"out_dir": out_dir, "preset": config.preset, "method": config.method,
+               "best_epoch": best[1] + 1, "best_pgd20_acc": best[0],
+               "last_clean_acc": _last_value(history, "clean_acc"),
+               "last_pgd20_acc": _last_value(history, "pgd20_acc")}
+    if final_eval:
+        from rslad_tf import evaluate as evaluation
+
+        if hasattr(evaluation, "evaluate_run"):
+            summary["final_eval"] = evaluation.evaluate_run(out_dir, log=log)
+    return summary
+
+
+def _last_value(history, key):
+    for row in reversed(history):
+        if row.get(key) not in (None, ""):
+            return float(row[key])
+    return None
+
+
+# -- command line ----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m rslad_tf.train",
+        description="Train a robust teacher or distil a student from a named preset.")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--preset",
+                        help="named experiment, e.g. digits-teacher, digits-rslad "
+                             "(see --list-presets)")
+    parser.add_argument("--method", help="override the preset's method: "
+                                         + ", ".join(presets.METHOD_NAMES))
+    parser.add_argument("--epochs", type=int, help="number of epochs")
+    parser.add_argument("--batch-size", type=int, help="global batch size")
+    parser.add_argument("--epsilon", type=float,
+                        help="L-inf radius of the training attack (step scales with it)")
+    parser.add_argument("--teacher", help="teacher .keras file (distillation methods)")
+    parser.add_argument("--data-dir", help="local dataset files (CIFAR archives or a TFDS dir)")
+    parser.add_argument("--out", help="run directory (default runs/<preset>)")
+    parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
+                        help="where default run directories live (and teachers are found)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--max-steps", type=int, help="cap on training steps per epoch")
+    parser.add_argument("--eval-n-examples", type=int,
+                        help="evaluate per-epoch accuracy on the first N test points")
+    parser.add_argument("--no-final-eval", action="store_true",
+                        help="skip the full evaluation suite at the end of the run")
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_presets:
+        print("\n".join(presets.available()))
+        return
+    if not args.preset:
+        parser.error("--preset is required (see --list-presets)")
+    config = resolve_config(args)
+    out_dir = args.out or default_out_dir(config.preset, args.runs_dir)
+    # Check the output location before any slow import or data loading.
+    prepare_out_dir(out_dir, args.resume)
+    from rslad_tf import runtime
+
+    runtime.configure()
+    summary = train(config, out_dir, resume=args.resume, runs_dir=args.runs_dir,
+                    final_eval=not args.no_final_eval)
+    print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
