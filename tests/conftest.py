@@ -20,3 +20,28 @@ def _fresh_keras_session():
     keras.utils.set_random_seed(0)
     yield
     keras.backend.clear_session()
+
+
+@pytest.fixture(scope="session")
+def digits_data():
+    from rslad_tf.data import load_numpy
+
+    return load_numpy("digits", "train"), load_numpy("digits", "test")
+
+
+@pytest.fixture(scope="session")
+def trained_digits_model(digits_data):
+    """A naturally trained narrow digits CNN (about 95% clean test accuracy), built once."""
+    import keras
+
+    from rslad_tf import models
+    from rslad_tf.data import make_dataset
+    from rslad_tf.methods import NaturalModel
+
+    keras.utils.set_random_seed(1)
+    (x, y), _ = digits_data
+    student = models.create("small_cnn", 10, input_shape=(8, 8, 1), width=16)
+    method = NaturalModel(student)
+    method.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+    method.fit(make_dataset(x, y, 64, shuffle=True, seed=1), epochs=6, verbose=0, shuffle=False)
+    return student

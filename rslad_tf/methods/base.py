@@ -103,6 +103,10 @@ class AdversarialMethod(keras.Model):
         self.loss_trackers = {name: keras.metrics.Mean(name=name)
                               for name in ("loss",) + tuple(self.term_names)}
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="acc")
+        # A functional student is built on creation; mark the wrapper built too, so that its
+        # optimizer state is saved and restored with it (an unbuilt wrapper loses it).
+        if student.built:
+            self.built = True
 
     # -- Keras plumbing -------------------------------------------------------------------
     def call(self, inputs, training=False):
@@ -119,6 +123,9 @@ class AdversarialMethod(keras.Model):
         return list(self.loss_trackers.values()) + [self.accuracy_tracker]
 
     def fit(self, *args, callbacks=None, **kwargs):
+        data = args[0] if args else kwargs.get("x")
+        if isinstance(data, tf.data.Dataset):
+            kwargs.setdefault("shuffle", False)  # a dataset shuffles itself
         callbacks = list(callbacks or []) + [_EpochCounter(self)]
         return super().fit(*args, callbacks=callbacks, **kwargs)
 
