@@ -12,6 +12,8 @@ Safety (PAPER.md section 6: teacher files were pickles passed around on file-sha
 links): the file is read only with `torch.load(..., weights_only=True)`, which refuses
 pickles that would run code, and its SHA-256 is checked when known or given. torch is
 imported inside `load_state_dict_file` only: nothing else in the toolkit needs it.
+The command line runs Keras on its torch backend unless KERAS_BACKEND is set (the
+`.keras` file it writes is backend-independent and loads under TensorFlow).
 
 Mapping: our Keras layer names are the reference PyTorch module paths with "." written
 as "__", so `layer1.0.conv1.weight` goes to layer `layer1__0__conv1`, with conv kernels
@@ -32,8 +34,9 @@ import sys
 import tempfile
 import warnings
 
-import keras
 import numpy as np
+
+from rslad_tf.errors import UserError
 
 # File names of the paper's teachers. `sha256` is the digest of the file as published;
 # None where no digest is documented anywhere we could check (never guessed).
@@ -82,7 +85,7 @@ _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
        "running_var": "moving_variance"}
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """The checkpoint does not fit the architecture, or the file cannot be used."""
 
 
@@ -149,6 +152,8 @@ def _strip_module(state_dict: dict) -> dict:
 def _weight_slot(layer, param: str):
     """(variable, numpy transform, inverse permutation for messages) for a PyTorch
     parameter name of `layer`, or None when the layer has no such parameter."""
+    import keras
+
     kind = type(layer)
     by_name = {v.name: v for v in layer.weights}
     if issubclass(kind, keras.layers.BatchNormalization):
@@ -177,6 +182,8 @@ def _weight_slot(layer, param: str):
 
 def _torch_params(layer) -> list[str]:
     """PyTorch parameter names that a Keras layer with weights expects, in order."""
+    import keras
+
     if isinstance(layer, keras.layers.BatchNormalization):
         return ["weight", "bias", "running_mean", "running_var"]
     names = {v.name for v in layer.weights}
@@ -366,6 +373,13 @@ def run(argv=None) -> str:
 
 
 def main(argv=None) -> int:
+    # Keras is imported lazily, so the backend can still be chosen here. torch is needed
+    # to read the checkpoint anyway and `.keras` files are backend-independent, so the
+    # command runs Keras on torch unless KERAS_BACKEND says otherwise: no TensorFlow
+    # start-up (its C++ logs would bury a one-line error), and a faster start.
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", "torch")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         run(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage mistake (2, one line)

@@ -9,6 +9,9 @@ module paths are the keys of the reference checkpoints.
 from __future__ import annotations
 
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +26,9 @@ from rslad_tf import convert_teacher as ct  # noqa: E402
 
 torch.set_num_threads(2)
 TOL = 1e-4
+# Written out here rather than imported, so a typo in rslad_tf.models.wrn shows up.
+CIFAR100_STATS = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
 
 
 # --- reference PyTorch modules --------------------------------------------------------
@@ -45,19 +51,43 @@ class TorchBasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class TorchResNet18(nn.Module):
-    def __init__(self, num_classes=10):
+class TorchBottleneck(nn.Module):
+    def __init__(self, cin, planes, stride):
         super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != 4 * planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, 4 * planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(4 * planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        return F.relu(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class TorchResNet(nn.Module):
+    """ResNet-18 (BasicBlock, expansion 1) or ResNet-50 (Bottleneck, expansion 4)."""
+
+    def __init__(self, depth=18, num_classes=10):
+        super().__init__()
+        block, expansion, counts = ((TorchBasicBlock, 1, (2, 2, 2, 2)) if depth == 18
+                                    else (TorchBottleneck, 4, (3, 4, 6, 3)))
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         cin = 64
-        for stage, planes in enumerate((64, 128, 256, 512), start=1):
+        for stage, (planes, n) in enumerate(zip((64, 128, 256, 512), counts), start=1):
             blocks = []
-            for i in range(2):
-                blocks.append(TorchBasicBlock(cin, planes, 2 if stage > 1 and i == 0 else 1))
-                cin = planes
+            for i in range(n):
+                blocks.append(block(cin, planes, 2 if stage > 1 and i == 0 else 1))
+                cin = planes * expansion
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
-        self.linear = nn.Linear(512, num_classes)
+        self.linear = nn.Linear(512 * expansion, num_classes)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -132,8 +162,9 @@ class TorchTradesBlock(nn.Module):
 class TorchGroup(nn.Module):
     def __init__(self, block, n, cin, cout, stride, attr="layer", **kw):
         super().__init__()
-        setattr(self, attr, nn.Sequential(
-            *[block(cin if i == 0 else cout, cout, stride if i == 0 else 1, **kw) for i in range(n)]))
+        blocks = [block(cin if i == 0 else cout, cout, stride if i == 0 else 1, **kw)
+                  for i in range(n)]
+        setattr(self, attr, nn.Sequential(*blocks))
         self.attr = attr
 
     def forward(self, x):
@@ -262,19 +293,39 @@ def small_trades(tmp_path_factory):
 # --- logits parity --------------------------------------------------------------------
 
 CASES = {
-    "resnet18": (lambda: TorchResNet18(10), "resnet18", 10, {}),
+    "resnet18": (lambda: TorchResNet(18, 10), "resnet18", 10, {}),
+    "resnet50": (lambda: TorchResNet(50, 10), "resnet50", 10, {}),
     "mobilenetv2": (lambda: TorchMobileNetV2(10), "mobilenetv2", 10, {}),
     "wrn34_10-reduced": (lambda: TorchTradesWRN(depth=10, widen=2), "wrn34_10", 10,
                          dict(depth=10, widen_factor=2)),
     "wrn70_16-reduced": (
-        lambda: TorchDMWRN(16, 2, 100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+        lambda: TorchDMWRN(16, 2, 100, *CIFAR100_STATS),
         "wrn70_16", 100, dict(depth=16, widen_factor=2, normalization="cifar100")),
+}
+
+
+FULL_SIZE_TEACHERS = {
+    # The paper's teachers at full size: about 1 GB (WRN-70-16) of weights in each framework.
+    "wrn34_10": (lambda: TorchTradesWRN(34, 10, 10), "wrn34_10", 10, {}),
+    "wrn70_16": (
+        lambda: TorchDMWRN(70, 16, 100, *CIFAR100_STATS),
+        "wrn70_16", 100, dict(normalization="cifar100")),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_converted_logits_match_pytorch(case, tmp_path):
-    make, arch, num_classes, kw = CASES[case]
+    _check_parity(CASES[case], case, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(FULL_SIZE_TEACHERS))
+def test_full_size_teachers_convert(case, tmp_path):
+    _check_parity(FULL_SIZE_TEACHERS[case], case, tmp_path)
+
+
+def _check_parity(spec, case, tmp_path):
+    make, arch, num_classes, kw = spec
     torch.manual_seed(0)
     reference = randomize(make())
     path = save(reference.state_dict(), tmp_path / "model.pt")
@@ -315,8 +366,7 @@ def test_dm_normalization_buffers_and_cifar10_option(tmp_path):
     """RobustBench-style `mean`/`std` buffers set the normalisation; the CIFAR-10 option
     (RSLAD's choice for its CIFAR-100 teacher) is honoured when asked for."""
     torch.manual_seed(0)
-    c100 = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-    c10 = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+    c100, c10 = CIFAR100_STATS, CIFAR10_STATS
     with_buffers = randomize(TorchDMWRN(16, 2, 100, *c100, buffers=True))
     sd = ct.load_state_dict_file(save(with_buffers.state_dict(), tmp_path / "rb.pt"))
     assert "mean" in sd
@@ -446,3 +496,34 @@ def test_known_teacher_name_pins_its_digest(tmp_path, capsys):
     src.write_bytes(b"not the DeepMind file")
     code, _, err = cli(capsys, src, "--out", tmp_path / "t.keras")
     assert code == 2 and "KNOWN_TEACHERS" in _one_line(err)
+
+
+def test_python_dash_m_on_its_default_torch_backend(tmp_path):
+    """`python -m rslad_tf.convert_teacher` in a fresh process (Keras on torch there):
+    the file it writes gives the PyTorch logits under TensorFlow here; a mistake prints
+    exactly one line on stderr (no TensorFlow start-up logs)."""
+    torch.manual_seed(0)
+    reference = randomize(TorchMobileNetV2(10))
+    src = save(reference.state_dict(), tmp_path / "mbv2.pt")
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parents[1])
+    env["OMP_NUM_THREADS"] = "2"
+    out = tmp_path / "mbv2.keras"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rslad_tf.convert_teacher", src, "--arch", "mobilenetv2",
+         "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2,296,922 parameters" in proc.stdout
+    model = keras.saving.load_model(str(out))
+    x = images()
+    assert np.abs(keras_logits(model, x) - torch_logits(reference, x)).max() < TOL
+
+    sd = reference.state_dict()
+    sd["linear.weight"] = sd["linear.weight"][:, :100]
+    bad = save(sd, tmp_path / "bad.pt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rslad_tf.convert_teacher", bad, "--arch", "mobilenetv2",
+         "--out", str(tmp_path / "bad.keras")], capture_output=True, text=True, env=env,
+        timeout=300)
+    assert proc.returncode == 2
+    assert "linear.weight" in _one_line(proc.stderr)

@@ -29,7 +29,7 @@ BN_EPSILON = 1e-5
 
 
 def torch_name(path: str) -> str:
-    """Keras layer name for the PyTorch module path `path` ("layer1.0.conv1" -> "layer1__0__conv1")."""
+    """Keras layer name of the PyTorch module `path`: "layer1.0.conv1" -> "layer1__0__conv1"."""
     return path.replace(".", "__")
 
 

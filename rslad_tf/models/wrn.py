@@ -1,4 +1,4 @@
-"""Wide ResNets of the RSLAD teachers: TRADES WRN-34-10 (CIFAR-10) and DeepMind WRN-70-16 (CIFAR-100).
+"""Wide ResNets of the RSLAD teachers: TRADES WRN-34-10 and DeepMind WRN-70-16 (Swish).
 
 Both are pre-activation wide ResNets (Zagoruyko & Komodakis 2016) with three groups of
 (depth - 4) / 6 blocks at widths 16k, 32k, 64k (strides 1, 2, 2) after a 3x3 stem conv
