@@ -53,6 +53,8 @@ class TrainConfig:
     seed: int = 0
     data_dir: str | None = None  # local dataset files (CIFAR archives / TFDS directory)
     max_steps: int | None = None  # cap on steps per epoch (smoke tests)
+    save_every_steps: int | None = None  # resumable state mid-epoch too (None: per epoch)
+    deterministic: bool = False  # TensorFlow deterministic ops (bit-exact resume on CPU)
 
     def validate(self) -> None:
         """Raise `PresetError` with one line for an impossible configuration."""
@@ -67,6 +69,8 @@ class TrainConfig:
             raise PresetError(f"epsilon must be in (0, 1], got {self.epsilon}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise PresetError(f"--max-steps must be a positive integer, got {self.max_steps}")
+        if self.save_every_steps is not None and self.save_every_steps <= 0:
+            raise PresetError(f"--save-every-steps must be positive, got {self.save_every_steps}")
         if self.eval_n_examples is not None and self.eval_n_examples <= 0:
             raise PresetError(f"eval_n_examples must be positive, got {self.eval_n_examples}")
 

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -56,6 +57,7 @@ def resolve_config(args) -> presets.TrainConfig:
         "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
         "max_steps": args.max_steps, "teacher_path": args.teacher, "epsilon": args.epsilon,
         "eval_n_examples": args.eval_n_examples, "data_dir": args.data_dir,
+        "save_every_steps": args.save_every_steps, "deterministic": args.deterministic or None,
     }
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.epsilon is not None:
@@ -144,13 +146,15 @@ def build_method(config: presets.TrainConfig, student, teacher=None):
 
 
 # -- resumable state -------------------------------------------------------------------
-def _save_state(path, method, epoch, best):
+def _save_state(path, method, epoch, best, step=0):
+    """Everything needed to continue exactly: `epoch`/`step` is the next step to run."""
     from rslad_tf import fileio
 
     arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(method.student.weights)}
     arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(method.optimizer.variables)})
     arrays["seed_state"] = np.asarray(method.seed_generator.state)
-    arrays["epoch"] = np.asarray(epoch)  # next epoch to run
+    arrays["epoch"] = np.asarray(epoch)
+    arrays["step"] = np.asarray(step)
     arrays["best_pgd"] = np.asarray(best[0])
     arrays["best_epoch"] = np.asarray(best[1])
     fileio.write_npz(path, arrays)
@@ -166,8 +170,9 @@ def _load_state(path, method):
             for i, v in enumerate(opt_vars):
                 v.assign(state[f"o{i}"])
             method.seed_generator.state.assign(state["seed_state"])
-            return int(state["epoch"]), (float(state["best_pgd"]), int(state["best_epoch"]))
-    except (KeyError, ValueError, OSError) as exc:
+            return (int(state["epoch"]), int(state["step"]),
+                    (float(state["best_pgd"]), int(state["best_epoch"])))
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot resume: training state {path!r} is unreadable or does not "
                         f"match this configuration ({exc})") from None
 
@@ -216,13 +221,53 @@ def prepare_out_dir(out_dir: str, resume: bool) -> None:
         raise UserError(f"{out_dir!r} exists and is not a directory; choose another --out")
 
 
+def default_strategy():
+    """`MirroredStrategy` over all local GPUs when there are several, else the default.
+
+    The global batch size stays the preset's; each method scales its loss by the number of
+    replicas, so N devices compute the update of one device."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class _StepGuard:
+    """Per-batch checks inside `fit`: stop at the first non-finite loss (remembering the
+    step), and save the resumable state every `save_every_steps` steps."""
+
+    def __init__(self, save_every_steps, save):
+        self.save_every_steps = save_every_steps
+        self.save = save
+        self.bad_step = None
+
+    def callback(self, epoch, first_step):
+        import keras
+
+        guard = self
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                step = first_step + batch + 1  # steps of this epoch done so far
+                if not np.isfinite(float((logs or {}).get("loss", 0.0))):
+                    guard.bad_step = step
+                    self.model.stop_training = True
+                elif guard.save_every_steps and step % guard.save_every_steps == 0:
+                    guard.save(epoch, step)
+
+        return Callback()
+
+
 def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
           runs_dir: str = DEFAULT_RUNS_DIR, teacher=None, final_eval: bool = False,
-          log=print) -> dict:
+          strategy=None, log=print) -> dict:
     """Train ``config`` into ``out_dir``; returns a summary dict (best/last accuracies).
 
     ``teacher``: an already loaded teacher model (otherwise found from the config).
     ``final_eval``: run the full evaluation suite on best and last at the end.
+    ``strategy``: a `tf.distribute` strategy (default: all local GPUs, see `default_strategy`).
     """
     import keras
     import tensorflow as tf
@@ -244,24 +289,27 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     if config.eval_n_examples:
         x_test, y_test = x_test[:config.eval_n_examples], y_test[:config.eval_n_examples]
 
-    if config.needs_teacher and teacher is None:
-        teacher_path = find_teacher(config, runs_dir)
-        teacher = load_teacher(teacher_path, data_spec.num_classes, data_spec.image_shape)
-        config = config.replace(teacher_path=os.path.abspath(teacher_path))
-
-    keras.utils.set_random_seed(config.seed)
-    student = models.create(config.model, data_spec.num_classes,
-                            input_shape=data_spec.image_shape, **config.model_kwargs)
-    method = build_method(config, student, teacher)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = strategy or default_strategy()
+    with strategy.scope():
+        if config.needs_teacher and teacher is None:
+            teacher_path = find_teacher(config, runs_dir)
+            teacher = load_teacher(teacher_path, data_spec.num_classes, data_spec.image_shape)
+            config = config.replace(teacher_path=os.path.abspath(teacher_path))
+        keras.utils.set_random_seed(config.seed)
+        student = models.create(config.model, data_spec.num_classes,
+                                input_shape=data_spec.image_shape, **config.model_kwargs)
+        method = build_method(config, student, teacher)
 
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     state_path = os.path.join(ckpt_dir, STATE_FILE)
     history_path = os.path.join(out_dir, "history.csv")
-    start_epoch, best = 0, (-1.0, -1)
+    start_epoch, start_step, best = 0, 0, (-1.0, -1)
     if resume:
         history = _read_history(history_path)
         if os.path.exists(state_path):
-            start_epoch, best = _load_state(state_path, method)
+            start_epoch, start_step, best = _load_state(state_path, method)
         history = [row for row in history if int(row["epoch"]) < start_epoch]
     else:
         os.makedirs(ckpt_dir, exist_ok=True)
@@ -278,20 +326,26 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     log(f"[{config.preset}] {config.method} on {config.dataset}: {config.model}, "
         f"{config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, "
         f"eps {config.epsilon:.4g} -> {out_dir}")
+    guard = _StepGuard(config.save_every_steps,
+                       lambda e, k: _save_state(state_path, method, e, best, step=k))
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         lr = learning_rate(config, epoch)
         method.optimizer.learning_rate.assign(lr)
-        # One seeded order per epoch, so a resumed run sees the same data order.
+        first_step = start_step if epoch == start_epoch else 0
+        # One seeded order per epoch, so a resumed run sees the same data order; a run
+        # resumed mid-epoch skips the batches it already trained on.
         dataset = make_dataset(x_train, y_train, config.batch_size, shuffle=True,
-                               seed=config.seed * 100003 + epoch).take(steps_per_epoch)
-        logs = method.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0, shuffle=False,
-                          callbacks=[tensorboard]).history
+                               seed=config.seed * 100003 + epoch)
+        dataset = dataset.take(steps_per_epoch).skip(first_step)
+        logs = method.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                          callbacks=[tensorboard, guard.callback(epoch, first_step)]).history
+        if guard.bad_step is not None:
+            raise UserError(
+                f"training diverged: non-finite loss at epoch {epoch + 1}, step {guard.bad_step}; "
+                f"the last good checkpoint is kept in {ckpt_dir}; lower the learning rate")
         row = {"epoch": epoch, "lr": lr}
         row.update({k: float(v[-1]) for k, v in logs.items()})
-        if not all(np.isfinite(v) for k, v in row.items() if k != "epoch"):
-            raise UserError(f"training diverged: non-finite loss at epoch {epoch + 1}; the last "
-                            f"good checkpoint is kept in {ckpt_dir}; lower the learning rate")
         message = f"epoch {epoch + 1:>3}/{config.epochs}  loss {row['loss']:.4f}  " \
                   f"train-acc {100 * row['acc']:5.1f}%"
         if is_eval_epoch(config, epoch):
@@ -310,7 +364,7 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         row["seconds"] = round(time.time() - started, 3)
         history.append(row)
         fileio.save_model(student, os.path.join(ckpt_dir, "last.keras"))
-        _save_state(state_path, method, epoch + 1, best)
+        _save_state(state_path, method, epoch + 1, best, step=0)
         _write_history(history_path, history)
         log(message + f"  lr {lr:.3g}  {row['seconds']:.1f}s")
 
@@ -358,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, help="cap on training steps per epoch")
     parser.add_argument("--eval-n-examples", type=int,
                         help="evaluate per-epoch accuracy on the first N test points")
+    parser.add_argument("--save-every-steps", type=int,
+                        help="also save the resumable state every N steps (default: per epoch)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="enable TensorFlow's deterministic ops (bit-exact resume on CPU)")
     parser.add_argument("--no-final-eval", action="store_true",
                         help="skip the full evaluation suite at the end of the run")
     return parser

@@ -180,10 +180,20 @@ class AdversarialMethod(keras.Model):
         """Teacher logits in inference mode, no gradient (the teacher is never trained)."""
         return tf.stop_gradient(tf.cast(self.teacher(x, training=False), tf.float32))
 
+    def next_seed(self):
+        """A fresh stateless-RNG seed [2]; distinct per replica under `tf.distribute`
+        (replicas share the generator's state, so the replica id is folded in)."""
+        seed = tf.cast(self.seed_generator.next(), tf.int64)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            seed = seed + tf.cast([0, 1 << 20], tf.int64) * tf.cast(
+                replica.replica_id_in_sync_group, tf.int64)
+        return seed
+
     def run_pgd(self, x, y=None, target_probs=None, *, loss="ce", start=None):
         """The training attack with this method's eps, step, steps and start."""
         start = self.attack_start if start is None else start
-        seed = self.seed_generator.next() if start != "none" else None
+        seed = self.next_seed() if start != "none" else None
         return pgd_graph(self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
                          step_size=self.step_size, steps=self.attack_steps, loss=loss,
                          start=start, seed=seed)
@@ -192,7 +202,7 @@ class AdversarialMethod(keras.Model):
         if not self.augment_padding and not self.augment_flip:
             return x
         return augment.pad_crop_flip(x, padding=self.augment_padding, flip=self.augment_flip,
-                                     seed=self.seed_generator.next())
+                                     seed=self.next_seed())
 
     # -- the step -------------------------------------------------------------------------
     def train_step(self, data):
@@ -207,7 +217,9 @@ class AdversarialMethod(keras.Model):
             scaled = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
         grads = tape.gradient(scaled, variables)
         if self.weight_decay:
-            grads = [g + self.weight_decay * v for g, v in zip(grads, variables)]
+            # Replica gradients are summed: each replica adds its share of the L2 term.
+            decay = self.weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
+            grads = [g + decay * v for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
         for name, tracker in self.loss_trackers.items():
             tracker.update_state(terms[name])
