@@ -32,6 +32,9 @@ class TrainConfig:
     # Distillation: where the teacher comes from (a preset's run directory or a path).
     teacher_preset: str | None = None
     teacher_path: str | None = None
+    # How to get the teacher when none is found (e.g. the converter command for a paper
+    # teacher that exists only as a PyTorch file).
+    teacher_hint: str | None = None
     # Optimisation (PAPER.md section 1: SGD 0.1, momentum 0.9, wd 2e-4, batch 128).
     epochs: int = 300
     batch_size: int = 128
@@ -142,6 +145,72 @@ def _digits_student(method: str) -> TrainConfig:
 _BUILDERS = {"digits-teacher": _digits_teacher}
 for _m in METHOD_NAMES:
     _BUILDERS[f"digits-{_m}"] = (lambda m: lambda: _digits_student(m))(_m)
+
+
+# ---------------------------------------------------------------------------------------
+# The paper's experiments (PAPER.md sections 1, 2 and 4). Students: ResNet-18 and
+# MobileNetV2, CIFAR variants, no input normalisation. Every method keeps its own
+# reference's schedule; the RSLAD schedule is the default for natural and SAT students.
+_CIFAR_COMMON = dict(batch_size=128, learning_rate=0.1, momentum=0.9, weight_decay=2e-4,
+                     epsilon=8 / 255, step_size=2 / 255, attack_steps=10, eval_every=20)
+_SCHEDULES = {
+    # RSLAD: 300 epochs, lr / 10 at 215, 260, 285.
+    "rslad": dict(epochs=300, lr_milestones=(215, 260, 285)),
+    "natural": dict(epochs=300, lr_milestones=(215, 260, 285)),
+    "sat": dict(epochs=300, lr_milestones=(215, 260, 285)),
+    # TRADES (Zhang et al. 2019): 76 epochs, lr / 10 at 75.
+    "trades": dict(epochs=76, lr_milestones=(75,)),
+    # ARD (Goldblum et al. 2020) and IAD (Zhu et al. 2022): 200 epochs, lr / 10 at 100, 150.
+    "ard": dict(epochs=200, lr_milestones=(100, 150)),
+    "iad": dict(epochs=200, lr_milestones=(100, 150)),
+}
+CIFAR10_TEACHER_PRESET = "cifar10-wrn34-10-trades"
+_TEACHER_HINTS = {
+    "cifar10": ("train one with `python -m rslad_tf.train --preset cifar10-wrn34-10-trades`, or "
+                "convert the paper's TRADES teacher: `python -m rslad_tf.convert_teacher "
+                "model_cifar_wrn.pt --arch wrn34_10 --out teacher.keras`, then pass "
+                "--teacher teacher.keras"),
+    "cifar100": ("convert the paper's DeepMind teacher: `python -m rslad_tf.convert_teacher "
+                 "cifar100_linf_wrn70-16_without.pt --arch wrn70_16 --out teacher.keras` "
+                 "(add --normalization cifar10 to reproduce the RSLAD reference's "
+                 "normalisation), then pass --teacher teacher.keras"),
+}
+
+
+def _cifar_student(dataset: str, model: str, method: str) -> TrainConfig:
+    method_kwargs = dict(_METHOD_DEFAULTS[method])
+    if dataset == "cifar100" and method == "rslad":
+        method_kwargs["scale"] = 10.0  # the reference multiplies each KL by 10 on CIFAR-100
+    distils = method in DISTILLATION_METHODS
+    return TrainConfig(
+        preset=f"{dataset}-{model}-{method}", dataset=dataset, model=model, method=method,
+        method_kwargs=method_kwargs,
+        teacher_preset=CIFAR10_TEACHER_PRESET if distils and dataset == "cifar10" else None,
+        teacher_hint=_TEACHER_HINTS[dataset] if distils else None,
+        **_SCHEDULES[method], **_CIFAR_COMMON)
+
+
+def _cifar10_teacher() -> TrainConfig:
+    """The TRADES WideResNet-34-10 teacher of the CIFAR-10 experiments."""
+    return TrainConfig(preset=CIFAR10_TEACHER_PRESET, dataset="cifar10", model="wrn34_10",
+                       method="trades", method_kwargs=dict(_METHOD_DEFAULTS["trades"]),
+                       **_SCHEDULES["trades"], **_CIFAR_COMMON)
+
+
+def _cifar10_surrogate() -> TrainConfig:
+    """The robust ResNet-50 (SAT) that the black-box transfer attacks are crafted on."""
+    return TrainConfig(preset="cifar10-resnet50-sat", dataset="cifar10", model="resnet50",
+                       method="sat", method_kwargs=dict(_METHOD_DEFAULTS["sat"]),
+                       **_SCHEDULES["sat"], **_CIFAR_COMMON)
+
+
+_BUILDERS[CIFAR10_TEACHER_PRESET] = _cifar10_teacher
+_BUILDERS["cifar10-resnet50-sat"] = _cifar10_surrogate
+for _d in ("cifar10", "cifar100"):
+    for _model in ("resnet18", "mobilenetv2"):
+        for _m in METHOD_NAMES:
+            _BUILDERS[f"{_d}-{_model}-{_m}"] = (
+                lambda d, mo, m: lambda: _cifar_student(d, mo, m))(_d, _model, _m)
 
 
 def register(name: str, builder) -> None:

@@ -93,10 +93,11 @@ def find_teacher(config: presets.TrainConfig, runs_dir: str = DEFAULT_RUNS_DIR) 
         path = teacher_checkpoint(default_out_dir(config.teacher_preset, runs_dir))
         if os.path.isfile(path):
             return path
-        raise UserError(
-            f"no teacher found at {path}: train one with `python -m rslad_tf.train "
-            f"--preset {config.teacher_preset}` or pass --teacher PATH")
-    raise UserError(f"preset {config.preset!r} with method {config.method!r} needs --teacher PATH")
+        how = config.teacher_hint or (f"train one with `python -m rslad_tf.train --preset "
+                                      f"{config.teacher_preset}` or pass --teacher PATH")
+        raise UserError(f"no teacher found at {path}: {how}")
+    how = config.teacher_hint or "pass --teacher PATH"
+    raise UserError(f"preset {config.preset!r} ({config.method}) needs a teacher: {how}")
 
 
 def load_teacher(path: str, num_classes: int, image_shape) -> "object":
@@ -283,6 +284,9 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
             saved = presets.TrainConfig.from_dict(json.load(f))
         # Only the epoch budget may change on resume (e.g. to extend a run).
         config = saved.replace(epochs=config.epochs)
+    # Find the teacher before any slow work, so a missing one fails fast.
+    teacher_path = (find_teacher(config, runs_dir)
+                    if config.needs_teacher and teacher is None else None)
     data_spec = spec(config.dataset)
     x_train, y_train = load_numpy(config.dataset, "train", config.data_dir)
     x_test, y_test = load_numpy(config.dataset, "test", config.data_dir)
@@ -293,8 +297,7 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         tf.config.experimental.enable_op_determinism()
     strategy = strategy or default_strategy()
     with strategy.scope():
-        if config.needs_teacher and teacher is None:
-            teacher_path = find_teacher(config, runs_dir)
+        if teacher_path is not None:
             teacher = load_teacher(teacher_path, data_spec.num_classes, data_spec.image_shape)
             config = config.replace(teacher_path=os.path.abspath(teacher_path))
         keras.utils.set_random_seed(config.seed)
@@ -404,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="L-inf radius of the training attack (step scales with it)")
     parser.add_argument("--teacher", help="teacher .keras file (distillation methods)")
     parser.add_argument("--data-dir", help="local dataset files (CIFAR archives or a TFDS dir)")
+    parser.add_argument("--download", action="store_true",
+                        help="let TFDS download the dataset if it is not prepared (needs internet)")
     parser.add_argument("--out", help="run directory (default runs/<preset>)")
     parser.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR,
                         help="where default run directories live (and teachers are found)")
@@ -436,6 +441,10 @@ def main(argv=None) -> None:
     from rslad_tf import runtime
 
     runtime.configure()
+    if args.download:
+        from rslad_tf.data import cifar
+
+        cifar.DOWNLOAD = True
     summary = train(config, out_dir, resume=args.resume, runs_dir=args.runs_dir,
                     final_eval=not args.no_final_eval)
     print(json.dumps(summary, indent=2, sort_keys=True))
