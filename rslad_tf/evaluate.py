@@ -1,15 +1,58 @@
-"""Evaluation: accuracy of a model on clean and attacked images.
+"""The paper's evaluation suite (PAPER.md section 3) -> eval JSON; `python -m rslad_tf.evaluate`.
 
-`accuracy_under_attack` is the core used both by training (per-epoch checkpoint
-selection) and by the evaluation suite. The model is always called in inference mode and
-in float32.
+Columns, L-infinity, eps = the dataset's threat model (8/255 on CIFAR, 0.2 on digits):
+
+- ``clean``: no attack.
+- ``fgsm``, ``pgd_sat``, ``pgd_trades``, ``cw_inf``: our compiled PGD engine with the
+  settings of ``rslad_tf.attacks.PROTOCOL`` (FGSM; PGD-20 step 2/255 uniform start CE;
+  PGD-20 step 0.003 uniform start CE; PGD-20 step 2/255 uniform start CW margin kappa 50).
+- ``autoattack``: the reference AutoAttack, standard version (APGD-CE, APGD-T, FAB-T,
+  Square-5000), run on the same ``.keras`` file under Keras' torch backend in a child
+  process (`rslad_tf.attacks.autoattack_reference`). The reported accuracy is this
+  model's (TensorFlow's) accuracy on the adversarial images AutoAttack returns; AutoAttack's
+  own flags, the robust accuracy after each of its four attacks, and the agreement of the
+  two frameworks' clean predictions are recorded beside it.
+- black box: ``transfer_pgd`` / ``transfer_cw`` (PGD_SAT and CW_inf examples crafted on a
+  surrogate model, classified by the target) and ``square`` (reference Square, 5000
+  queries, through the same child process).
+
+Accuracies are in percent of the evaluated points (the first ``n_examples`` test points,
+as RobustBench does) and count a point when the model classifies its attacked image
+correctly (the reference evaluation scripts' rule). The model is called in inference mode
+and in float32 (a mixed-precision model is rebuilt in float32 first).
+
+`accuracy_under_attack` / `predict_labels` are the small core shared with training.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
 import numpy as np
 
+from rslad_tf.errors import UserError, run_cli
 
+ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack",
+           "transfer_pgd", "transfer_cw", "square")
+WHITE_BOX = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
+# Transfer attacks: the white-box protocol attack crafted on the surrogate.
+TRANSFER = {"transfer_pgd": "pgd_sat", "transfer_cw": "cw_inf"}
+LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": "PGD_TRADES",
+          "cw_inf": "CW_inf", "autoattack": "AA", "transfer_pgd": "PGD-20 transfer",
+          "transfer_cw": "CW_inf transfer", "square": "Square"}
+SQUARE_QUERIES = 5000
+# A returned adversarial image may sit this far outside the eps ball (float32 rounding).
+BALL_TOLERANCE = 1e-5
+
+
+# --------------------------------------------------------------------------------------
+# Core (used by training every evaluation epoch)
+# --------------------------------------------------------------------------------------
 def predict_labels(model, images, batch_size: int = 256) -> np.ndarray:
     """Arg-max predictions of ``model`` in inference mode, batch by batch. [N] int."""
     import tensorflow as tf
@@ -21,6 +64,42 @@ def predict_labels(model, images, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros([0], np.int64)
 
 
+def correct_under_attack(model, images, labels, *, attack=None, eps: float = 0.0,
+                         batch_size: int = 256, seed: int = 0, source_model=None) -> np.ndarray:
+    """Per point: does ``model`` classify the attacked image correctly? [N] bool.
+
+    ``attack``: an `rslad_tf.attacks.AttackSettings` or None (clean). ``source_model``: craft
+    the attack on this model instead (transfer attack); ``model`` still classifies. One
+    generator seeded with ``seed`` serves all batches, so a given seed and batch size give
+    the same random starts whatever else is evaluated.
+    """
+    import keras
+
+    labels = np.asarray(labels)
+    if len(images) == 0:
+        raise ValueError("no examples to evaluate")
+    source = model if source_model is None else source_model
+    generator = keras.random.SeedGenerator(seed) if attack is not None else None
+    flags = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        y = labels[start:start + batch_size]
+        if attack is not None:
+            size = len(x)
+            if len(images) > batch_size and size < batch_size:
+                # Pad the last batch to the full size so the compiled attack is not traced
+                # again for one more shape. Each example's attack is independent of the
+                # others (loss summed over the batch, inference mode): padding changes
+                # nothing but the random-start draw of that batch.
+                pad = batch_size - size
+                x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+                y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
+            x = attack.run(source, x, y, eps=eps, seed=generator).numpy()[:size]
+            y = y[:size]
+        flags.append(predict_labels(model, x, batch_size) == y)
+    return np.concatenate(flags)
+
+
 def accuracy_under_attack(model, images, labels, *, attack=None, eps: float = 0.0,
                           batch_size: int = 256, seed: int = 0) -> float:
     """Accuracy in percent of ``model`` on ``images`` attacked by ``attack``.
@@ -29,17 +108,502 @@ def accuracy_under_attack(model, images, labels, *, attack=None, eps: float = 0.
     None for clean accuracy. One seeded generator serves all batches, so the result is
     reproducible for a given seed and batch size.
     """
-    import keras
+    flags = correct_under_attack(model, images, labels, attack=attack, eps=eps,
+                                 batch_size=batch_size, seed=seed)
+    return 100.0 * float(np.mean(flags))
 
-    labels = np.asarray(labels)
-    if len(images) == 0:
-        raise ValueError("no examples to evaluate")
-    correct = 0
-    generator = keras.random.SeedGenerator(seed) if attack is not None else None
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
-        y = labels[start:start + batch_size]
-        if attack is not None:
-            x = attack.run(model, x, y, eps=eps, seed=generator).numpy()
-        correct += int(np.sum(predict_labels(model, x, batch_size) == y))
-    return 100.0 * correct / len(images)
+
+# --------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------
+def _percent(flags) -> float:
+    return 100.0 * float(np.mean(flags))
+
+
+def _replace_dtype_policies(obj):
+    """A copy of a Keras config with every layer's dtype policy set to float32."""
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if key == "dtype" and (isinstance(value, dict) and value.get("class_name") in
+                                   ("DTypePolicy", "FloatDTypePolicy", "DTypePolicyMap")
+                                   or isinstance(value, str) and value.startswith("mixed")):
+                out[key] = "float32"
+            else:
+                out[key] = _replace_dtype_policies(value)
+        return out
+    if isinstance(obj, list):
+        return [_replace_dtype_policies(v) for v in obj]
+    return obj
+
+
+def _all_layers(model):
+    stack, seen = [model], []
+    while stack:
+        layer = stack.pop()
+        seen.append(layer)
+        stack.extend(getattr(layer, "layers", []) or [])
+    return seen
+
+
+def ensure_float32(model):
+    """``model`` itself if every layer computes in float32, else a float32 copy with the
+    same weights (attacks under float16/bfloat16 under-estimate robustness, PAPER.md 6)."""
+    if all(str(getattr(layer, "compute_dtype", "float32")) == "float32"
+           for layer in _all_layers(model)):
+        return model
+    config = _replace_dtype_policies(model.get_config())
+    try:
+        copy = model.__class__.from_config(config)
+        copy.set_weights(model.get_weights())
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"the model computes in {model.compute_dtype} and could not be "
+                        f"rebuilt in float32 for evaluation ({exc}); save it with a float32 "
+                        "dtype policy") from None
+    return copy
+
+
+def share_gpu_memory() -> None:
+    """Let TensorFlow grow its GPU memory instead of taking it all at start-up, so the
+    torch-backend AutoAttack process can use the same GPU. Effective only before TensorFlow
+    has initialised its GPUs (the command line calls it first); otherwise set
+    ``TF_FORCE_GPU_ALLOW_GROWTH=true`` in the environment."""
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialised
+
+
+def _run_config_for(checkpoint: str | None) -> dict | None:
+    """The config.json of the training run a checkpoint belongs to (RUN/checkpoints/x.keras)."""
+    if not checkpoint:
+        return None
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))),
+                        "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _checkpoint_label(path: str | None) -> str | None:
+    if path is None:
+        return None
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem if stem in ("best", "last") else path
+
+
+def _check_model_fits(model, data_spec, what: str) -> None:
+    try:
+        in_shape = tuple(model.input_shape[1:])
+        classes = model.output_shape[-1]
+    except (AttributeError, ValueError, TypeError):
+        return  # subclassed model without static shapes: let the first call tell
+    if in_shape != tuple(data_spec.image_shape):
+        raise UserError(f"{what} takes inputs of shape {in_shape} but {data_spec.name} images "
+                        f"are {tuple(data_spec.image_shape)}; pass the right --dataset")
+    if classes != data_spec.num_classes:
+        raise UserError(f"{what} predicts {classes} classes but {data_spec.name} has "
+                        f"{data_spec.num_classes}; pass the right --dataset")
+
+
+def validate_attacks(attacks, surrogate) -> list[str]:
+    """The attacks to run in canonical order; `UserError` for unknown names."""
+    if attacks is None:
+        chosen = list(WHITE_BOX) + (list(TRANSFER) if surrogate is not None else [])
+    else:
+        if isinstance(attacks, str):
+            attacks = [a for a in attacks.split(",")]
+        attacks = [a.strip() for a in attacks if a.strip()]
+        unknown = [a for a in attacks if a not in ATTACKS]
+        if unknown:
+            raise UserError(f"unknown attack(s) {', '.join(unknown)}; choose from "
+                            f"{', '.join(ATTACKS)}")
+        if not attacks:
+            raise UserError(f"no attack given; choose from {', '.join(ATTACKS)}")
+        chosen = [a for a in ATTACKS if a in attacks]
+    if surrogate is None and any(a in TRANSFER for a in chosen):
+        raise UserError("transfer attacks need a surrogate model: pass --surrogate PATH")
+    return chosen
+
+
+def _check_numbers(n_examples, batch_size, eps, autoattack_batch_size) -> None:
+    if n_examples is not None and (not isinstance(n_examples, (int, np.integer))
+                                   or n_examples <= 0):
+        raise UserError(f"--n-examples must be a positive integer, got {n_examples}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        raise UserError(f"--batch-size must be a positive integer, got {batch_size}")
+    if autoattack_batch_size is not None and autoattack_batch_size <= 0:
+        raise UserError(f"the AutoAttack batch size must be positive, got {autoattack_batch_size}")
+    if eps is not None and not (np.isfinite(eps) and 0.0 < eps <= 1.0):
+        raise UserError(f"--eps must be in (0, 1] (images are in [0,1]), got {eps}")
+
+
+# --------------------------------------------------------------------------------------
+# The suite
+# --------------------------------------------------------------------------------------
+def evaluate(model, *, dataset: str = "digits", data_dir: str | None = None, attacks=None,
+             n_examples: int | None = None, batch_size: int = 256, eps: float | None = None,
+             seed: int = 0, surrogate=None, autoattack_batch_size: int | None = None,
+             method: str | None = None, model_name: str | None = None,
+             checkpoint: str | None = None, log=None, autoattack_version: str = "standard",
+             autoattack_attacks=None, autoattack_options: dict | None = None,
+             autoattack_threads: int | None = None, sanity_checks: bool = True) -> dict:
+    """Evaluate ``model`` with the paper's protocol; returns the eval JSON (a dict).
+
+    Args:
+        model: a Keras model or the path of a ``.keras`` file.
+        dataset, data_dir: the test set (``rslad_tf.data.load_numpy(dataset, "test")``).
+        attacks: names from ``ATTACKS``; None = ``WHITE_BOX`` plus the transfer attacks when
+            ``surrogate`` is given.
+        n_examples: evaluate the first N test points (None = all).
+        batch_size: batch of our attacks; eps: None = the dataset's threat model.
+        seed: seed of every random start (each attack starts from a fresh generator) and of
+            AutoAttack / Square.
+        surrogate: a Keras model or ``.keras`` path the transfer attacks are crafted on.
+        autoattack_batch_size: AutoAttack's batch size (default ``batch_size``).
+        method, model_name, checkpoint: labels written to the JSON.
+        log: callable receiving progress lines (None: silent).
+        autoattack_version / _attacks / _options / _threads: the reference run's version
+            ("standard" unless testing), its attacks for "custom", hyper-parameter overrides
+            (tests only, recorded in the JSON) and torch CPU threads.
+        sanity_checks: add the ``sanity`` object (gradient-masking warnings, see
+            `rslad_tf.sanity`) to the result.
+    """
+    from rslad_tf import attacks as attack_lib
+    from rslad_tf import fileio
+    from rslad_tf.data import load_numpy, spec
+
+    say = log or (lambda *_: None)
+    chosen = validate_attacks(attacks, surrogate)
+    _check_numbers(n_examples, batch_size, eps, autoattack_batch_size)
+    data_spec = spec(dataset)
+    eps = float(data_spec.epsilon if eps is None else eps)
+    aa_batch = int(autoattack_batch_size or batch_size)
+
+    checkpoint_path = None
+    if isinstance(model, (str, os.PathLike)):
+        checkpoint_path = os.fspath(model)
+        model = fileio.load_model(checkpoint_path, what="checkpoint")
+    as_given = model
+    model = ensure_float32(model)
+    # The file the reference attacks load: the checkpoint itself, unless it had to be
+    # rebuilt in float32 (then the float32 copy is saved for the child process).
+    saved_path = checkpoint_path if model is as_given else None
+    _check_model_fits(model, data_spec, f"checkpoint {checkpoint_path or model.name!r}")
+    surrogate_path = None
+    if surrogate is not None and any(a in TRANSFER for a in chosen):
+        if isinstance(surrogate, (str, os.PathLike)):
+            surrogate_path = os.fspath(surrogate)
+            surrogate = fileio.load_model(surrogate_path, what="surrogate")
+        surrogate = ensure_float32(surrogate)
+        _check_model_fits(surrogate, data_spec, f"surrogate {surrogate_path or surrogate.name!r}")
+
+    x, y = load_numpy(dataset, "test", data_dir)
+    if n_examples is not None:
+        x, y = x[:n_examples], y[:n_examples]
+    n = len(x)
+    if n == 0:
+        raise UserError(f"the {dataset} test set is empty")
+
+    run_config = _run_config_for(checkpoint_path) or {}
+    result = {
+        "dataset": dataset,
+        "model": model_name or run_config.get("model") or model.name,
+        "method": method or run_config.get("method"),
+        "checkpoint": checkpoint or _checkpoint_label(checkpoint_path),
+        "checkpoint_path": os.path.abspath(checkpoint_path) if checkpoint_path else None,
+        "eps": eps,
+        "n_examples": n,
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "attacks": {},
+        "seconds": {},
+    }
+    if surrogate_path is not None:
+        result["surrogate"] = os.path.abspath(surrogate_path)
+    say(f"evaluating {result['checkpoint'] or result['model']} on {n} {dataset} test points, "
+        f"eps {eps:.5g}: {', '.join(chosen)}")
+
+    clean_pred = None
+    with tempfile.TemporaryDirectory(prefix="rslad_tf-eval-") as tmp:
+        for name in chosen:
+            started = time.time()
+            if name == "clean":
+                clean_pred = predict_labels(model, x, batch_size)
+                acc = _percent(clean_pred == y)
+                result["attacks"]["clean"] = {"attack": "none"}
+            elif name in attack_lib.PROTOCOL:
+                settings = attack_lib.PROTOCOL[name]
+                acc = _percent(correct_under_attack(model, x, y, attack=settings, eps=eps,
+                                                    batch_size=batch_size, seed=seed))
+                result["attacks"][name] = dict(settings.describe(eps), seed=int(seed),
+                                               batch_size=int(batch_size))
+            elif name in TRANSFER:
+                settings = attack_lib.PROTOCOL[TRANSFER[name]]
+                acc = _percent(correct_under_attack(model, x, y, attack=settings, eps=eps,
+                                                    batch_size=batch_size, seed=seed,
+                                                    source_model=surrogate))
+                result["attacks"][name] = dict(
+                    settings.describe(eps), seed=int(seed), batch_size=int(batch_size),
+                    crafted_on=result.get("surrogate") or surrogate.name,
+                    protocol_attack=TRANSFER[name])
+            else:  # autoattack / square: the reference code in a torch-backend process
+                if saved_path is None:
+                    saved_path = os.path.join(tmp, "model.keras")
+                    fileio.save_model(model, saved_path)
+                if clean_pred is None:
+                    clean_pred = predict_labels(model, x, batch_size)
+                acc, info = _reference_attack(
+                    name, saved_path, model, x, y, clean_pred, eps=eps, seed=seed,
+                    batch_size=aa_batch, tf_batch_size=batch_size,
+                    version=autoattack_version, attacks=autoattack_attacks,
+                    options=autoattack_options, threads=autoattack_threads, log=log)
+                result["attacks"][name] = info
+                if name == "autoattack":
+                    result["autoattack_per_attack"] = info["per_attack"]
+            seconds = time.time() - started
+            result[f"{name}_acc"] = acc
+            result["seconds"][name] = round(seconds, 3)
+            say(f"  {LABELS[name]:<16} {acc:6.2f}%   ({seconds:.1f} s)")
+    if sanity_checks:
+        from rslad_tf import sanity
+
+        result["sanity"] = sanity.check(model, x, y, result, eps=eps, batch_size=batch_size,
+                                        seed=seed)
+        for warning in result["sanity"]["warnings"]:
+            say(f"  warning: {warning}")
+    return result
+
+
+def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_size,
+                      tf_batch_size, version, attacks, options, threads, log):
+    """Run AutoAttack ("autoattack") or Square ("square") through the torch backend and
+    re-classify the returned images with ``model``. Returns (accuracy %, settings dict)."""
+    import importlib.util
+
+    from rslad_tf.attacks import autoattack_reference as reference
+
+    missing = [m for m in ("torch", "pyautoattack") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"{LABELS[name]} runs the reference code under PyTorch, but "
+                        f"{' and '.join(missing)} is not installed: `pip install -r "
+                        "requirements.txt` (or `pip install rslad_tf[autoattack]`)")
+    if name == "square":
+        version, attacks = "custom", ["square"]
+        options = dict(options or {})
+        options.setdefault("n_queries", SQUARE_QUERIES)
+    try:
+        out = reference.run(path, x, y, eps=eps, version=version, attacks=attacks, seed=seed,
+                            batch_size=batch_size, options=options, threads=threads, log=log)
+    except reference.ReferenceAttackError as exc:
+        hint = ""
+        if "out of memory" in str(exc).lower():
+            hint = ("\nThe GPU is full; TensorFlow in this process may hold it: run with "
+                    "TF_FORCE_GPU_ALLOW_GROWTH=true or a smaller --autoattack-batch-size")
+        raise RuntimeError(f"{name}: {exc}{hint}") from None
+    x_adv = out["x_adv"]
+    distance = float(np.max(np.abs(x_adv - x))) if len(x) else 0.0
+    if distance > eps + BALL_TOLERANCE or x_adv.min() < 0.0 or x_adv.max() > 1.0:
+        raise RuntimeError(f"{name} returned images outside the threat model "
+                           f"(L-inf distance {distance:.6g} > eps {eps:.6g} or outside [0,1])")
+    tf_correct = predict_labels(model, x_adv, tf_batch_size) == y
+    torch_pred = np.argmax(out["clean_logits"], axis=-1)
+    n = len(y)
+    info = {
+        "implementation": "pyautoattack (reference code) on the .keras file under Keras' "
+                          "torch backend; accuracy = this model re-classifying the returned "
+                          "images",
+        "version": version,
+        "attacks": out["attacks"],
+        "norm": "Linf",
+        "eps": float(eps),
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "options": dict(options or {}),
+        "reference_acc": _percent(out["robust"]),
+        "per_attack": {k: _percent(v) for k, v in out["per_attack"].items()},
+        "per_attack_seconds": {k: round(v, 3) for k, v in out["seconds"].items()},
+        "reference_clean_acc": _percent(torch_pred == y),
+        "clean_prediction_mismatches": int(np.sum(torch_pred != clean_pred)),
+        "robust_flag_mismatches": int(np.sum(tf_correct != out["robust"])),
+        "max_perturbation": distance,
+        "device": out["device"],
+        "versions": out["versions"],
+    }
+    if name == "autoattack":
+        info["standard"] = version == "standard" and not options
+    else:
+        info["n_queries"] = int(options["n_queries"])
+        info["p_init"] = 0.8
+        info["standard"] = int(options["n_queries"]) == SQUARE_QUERIES and len(options) == 1
+    if log is not None and (info["clean_prediction_mismatches"] or info["robust_flag_mismatches"]):
+        log(f"  warning: {name}: the torch and TensorFlow models disagree on "
+            f"{info['clean_prediction_mismatches']} clean and "
+            f"{info['robust_flag_mismatches']} adversarial points of {n}")
+    return _percent(tf_correct), info
+
+
+# --------------------------------------------------------------------------------------
+# A training run: best and last
+# --------------------------------------------------------------------------------------
+def _same_weights(a, b) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+def evaluate_run(run_dir: str, *, attacks=None, n_examples: int | None = None,
+                 batch_size: int = 256, surrogate=None, log=None, **kwargs) -> dict:
+    """Evaluate ``checkpoints/best.keras`` and ``checkpoints/last.keras`` of a training run
+    and write ``eval_best.json`` / ``eval_last.json`` (atomically) in ``run_dir``.
+
+    Dataset, data_dir, model, method and eps (the run's training threat model) come from
+    the run's ``config.json``. When both checkpoints hold the same weights (the best epoch
+    was the last) the suite runs once. Extra keyword arguments go to `evaluate`.
+    Returns ``{"best": {...}, "last": {...}}`` (only the checkpoints that exist).
+    """
+    from rslad_tf import fileio
+
+    config_path = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config_path):
+        raise UserError(f"{run_dir!r} holds no training run (no config.json)")
+    with open(config_path) as f:
+        config = json.load(f)
+    kwargs.setdefault("eps", config.get("epsilon"))
+    results, models = {}, {}
+    for which in ("best", "last"):
+        path = os.path.join(run_dir, "checkpoints", f"{which}.keras")
+        if not os.path.isfile(path):
+            if log:
+                log(f"{path} does not exist: skipped")
+            continue
+        model = fileio.load_model(path, what=f"{which} checkpoint")
+        reuse = next((k for k, m in models.items() if _same_weights(m, model)), None)
+        if reuse is not None:
+            result = dict(results[reuse], checkpoint=which,
+                          checkpoint_path=os.path.abspath(path), same_weights_as=reuse)
+            if log:
+                log(f"{which} checkpoint has the weights of {reuse}: results reused")
+        else:
+            result = evaluate(model, dataset=config["dataset"], data_dir=config.get("data_dir"),
+                              attacks=attacks, n_examples=n_examples, batch_size=batch_size,
+                              surrogate=surrogate, method=config.get("method"),
+                              model_name=config.get("model"), checkpoint=which, log=log,
+                              **kwargs)
+            result["checkpoint_path"] = os.path.abspath(path)
+        result["preset"] = config.get("preset")
+        result["train_seed"] = config.get("seed")
+        result["run_dir"] = os.path.abspath(run_dir)
+        models[which] = model
+        results[which] = result
+        fileio.write_json(os.path.join(run_dir, f"eval_{which}.json"), result)
+    if not results:
+        raise UserError(f"{run_dir!r} has no checkpoints/best.keras or checkpoints/last.keras")
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------
+def format_table(result: dict) -> str:
+    """A readable table of one eval JSON."""
+    head = (f"{result.get('checkpoint_path') or result.get('checkpoint') or result['model']}"
+            f"  ({result['dataset']}, {result['model']}, {result.get('method') or '-'})\n"
+            f"eps {result['eps']:.5g}, {result['n_examples']} test points, seed {result['seed']}")
+    lines = [head, f"{'attack':<18}{'accuracy':>10}{'seconds':>10}"]
+    for name in ATTACKS:
+        key = f"{name}_acc"
+        if key not in result:
+            continue
+        line = f"{LABELS[name]:<18}{result[key]:>9.2f}%{result['seconds'].get(name, 0):>10.1f}"
+        if name == "autoattack" and result.get("autoattack_per_attack"):
+            steps = ", ".join(f"{k} {v:.2f}" for k, v in result["autoattack_per_attack"].items())
+            line += f"   after: {steps}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes become one ``error: ...`` line and exit status 2 (`run_cli`)."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m rslad_tf.evaluate",
+        description="Evaluate a checkpoint with the paper's protocol (Clean, FGSM, PGD_SAT, "
+                    "PGD_TRADES, CW_inf, reference AutoAttack; transfer and Square on request).")
+    parser.add_argument("checkpoint", help=".keras file of the model to evaluate")
+    parser.add_argument("--dataset", help="test set (default: the run's dataset when the "
+                                          "checkpoint lies in a run directory, else digits)")
+    parser.add_argument("--data-dir", help="local dataset files (CIFAR archives or TFDS dir)")
+    parser.add_argument("--attacks", help="comma-separated list from: " + ",".join(ATTACKS)
+                        + " (default: the white-box suite, plus transfer with --surrogate)")
+    parser.add_argument("--n-examples", type=int, help="evaluate the first N test points")
+    parser.add_argument("--batch-size", type=int, default=256, help="attack batch size")
+    parser.add_argument("--eps", type=float,
+                        help="L-inf radius (default: the run's, else the dataset's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    parser.add_argument("--out", help="write the eval JSON here (never overwrites)")
+    parser.add_argument("--surrogate", help=".keras file the transfer attacks are crafted on")
+    parser.add_argument("--autoattack-batch-size", type=int,
+                        help="AutoAttack's batch size (default --batch-size)")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    # Cheap checks first: no TensorFlow import before the input is known to be usable.
+    if not os.path.isfile(args.checkpoint):
+        raise UserError(f"checkpoint file {args.checkpoint!r} does not exist")
+    if args.surrogate is not None and not os.path.isfile(args.surrogate):
+        raise UserError(f"surrogate file {args.surrogate!r} does not exist")
+    attacks = validate_attacks(args.attacks, args.surrogate)
+    _check_numbers(args.n_examples, args.batch_size, args.eps, args.autoattack_batch_size)
+    if args.out and os.path.exists(args.out):
+        raise UserError(f"{args.out!r} already exists; choose another --out")
+    run_config = _run_config_for(args.checkpoint) or {}
+    dataset = args.dataset or run_config.get("dataset") or "digits"
+    from rslad_tf.data import spec
+
+    spec(dataset)  # unknown dataset: one line
+    eps = args.eps
+    if eps is None and dataset == run_config.get("dataset"):
+        eps = run_config.get("epsilon")
+    data_dir = args.data_dir or (run_config.get("data_dir")
+                                 if dataset == run_config.get("dataset") else None)
+
+    from rslad_tf import runtime
+
+    runtime.configure()
+    share_gpu_memory()
+    result = evaluate(args.checkpoint, dataset=dataset, data_dir=data_dir, attacks=attacks,
+                      n_examples=args.n_examples, batch_size=args.batch_size, eps=eps,
+                      seed=args.seed, surrogate=args.surrogate,
+                      autoattack_batch_size=args.autoattack_batch_size,
+                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    if run_config:
+        result.setdefault("preset", run_config.get("preset"))
+        result.setdefault("train_seed", run_config.get("seed"))
+    print(format_table(result))
+    if args.out:
+        from rslad_tf import fileio
+
+        if os.path.exists(args.out):  # appeared while we were evaluating
+            raise UserError(f"{args.out!r} already exists; choose another --out")
+        fileio.write_json(args.out, result)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

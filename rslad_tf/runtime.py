@@ -15,6 +15,12 @@ def configure(threads: int | None = None) -> None:
     import tensorflow as tf
 
     threads = threads or int(os.environ.get("RSLAD_TF_THREADS", "0")) or os.cpu_count() or 1
+    # Let a torch-backend child process (reference AutoAttack) share the GPU.
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:
+            pass  # already initialised
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1 if threads <= 2 else 2)
