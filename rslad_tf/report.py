@@ -133,9 +133,36 @@ def build_table(evals) -> list[dict]:
                                           if m.get(k) is not None])
                           for label, k in columns}
         row["black_box"] = has_black_box
+        row["source"] = "ours"
         rows.append(row)
     rows.sort(key=_sort_key)
     return rows
+
+
+def with_paper(rows) -> list[dict]:
+    """The model card: after the rows of each (dataset, model, method) the paper reports,
+    one row with the paper's best-checkpoint numbers (``source`` says whose numbers)."""
+    from rslad_tf import paper_results
+
+    out, seen = [], set()
+    for i, row in enumerate(rows):
+        out.append(row)
+        key = (row["dataset"], row["model"], row["method"])
+        following = rows[i + 1] if i + 1 < len(rows) else None
+        last_of_key = following is None or (following["dataset"], following["model"],
+                                            following["method"]) != key
+        if key in paper_results.PAPER and key not in seen and last_of_key:
+            seen.add(key)
+            paper = paper_results.PAPER[key]
+            out.append({
+                "dataset": row["dataset"], "model": row["model"], "method": row["method"],
+                "checkpoint": "best", "eps": row["eps"], "n_runs": None, "train_seeds": [],
+                "n_examples": [], "black_box": row["black_box"],
+                "source": paper_results.SOURCE,
+                "columns": {label: ({"mean": paper[label], "std": 0.0, "n": 1}
+                                    if label in paper else None) for label in row["columns"]},
+            })
+    return out
 
 
 def format_eps(eps) -> str:
@@ -180,29 +207,35 @@ def render(rows, fmt: str = "md") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        head = ["dataset", "model", "method", "checkpoint", "eps", "n_runs"]
+        head = ["source", "dataset", "model", "method", "checkpoint", "eps", "n_runs"]
         for label in labels:
             head += [label, f"{label}_std"]
         writer.writerow(head)
         for row in rows:
-            line = [row["dataset"], row["model"], row["method"] or MISSING,
+            line = [row.get("source", "ours"), row["dataset"], row["model"],
+                    row["method"] or MISSING,
                     row["checkpoint"] or MISSING,
-                    MISSING if row["eps"] is None else f"{row['eps']:.6g}", row["n_runs"]]
+                    MISSING if row["eps"] is None else f"{row['eps']:.6g}",
+                    MISSING if row["n_runs"] is None else row["n_runs"]]
             for label in labels:
                 stats = row["columns"].get(label)
                 line += ([MISSING, MISSING] if stats is None else
                          [f"{stats['mean']:.2f}", f"{stats['std']:.2f}"])
             writer.writerow(line)
         return buf.getvalue()
-    head = ["Dataset", "Model", "Method", "Checkpoint", "eps", "Runs"] + labels
+    head = ["Source", "Dataset", "Model", "Method", "Checkpoint", "eps", "Runs"] + labels
     lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join(["---"] * 6 + ["---:"] * len(labels)) + "|"]
+             "|" + "|".join(["---"] * 7 + ["---:"] * len(labels)) + "|"]
     for row in rows:
-        cells = [str(row["dataset"]), str(row["model"]), row["method"] or MISSING,
-                 row["checkpoint"] or MISSING, format_eps(row["eps"]), str(row["n_runs"])]
+        cells = [row.get("source", "ours"), str(row["dataset"]), str(row["model"]),
+                 row["method"] or MISSING, row["checkpoint"] or MISSING,
+                 format_eps(row["eps"]),
+                 MISSING if row["n_runs"] is None else str(row["n_runs"])]
         cells += [_cell(row["columns"].get(label)) for label in labels]
         lines.append("| " + " | ".join(cells) + " |")
-    note = "Accuracy in %; mean ± sample std over runs when Runs > 1; '-' = not evaluated."
+    note = ("Accuracy in %; mean ± sample std over runs when Runs > 1; '-' = not evaluated. "
+            "Rows marked 'ours' are measured by this toolkit; 'paper' rows are the published "
+            "best-checkpoint numbers, for comparison.")
     return "\n".join(lines) + "\n\n" + note + "\n"
 
 
@@ -230,7 +263,8 @@ def plot_clean_vs_aa(rows, path: str) -> str:
     has both. `UserError` when no row has both. Returns ``path``."""
     from rslad_tf import fileio
 
-    points = [r for r in rows if r["columns"].get("Clean") and r["columns"].get("AA")]
+    points = [r for r in rows if r["columns"].get("Clean") and r["columns"].get("AA")
+              and r.get("source", "ours") == "ours"]
     if not points:
         raise UserError("no result has both clean and AutoAttack accuracy to plot")
     plt = _pyplot()
@@ -340,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep-eps", help="comma-separated eps values of the sweep "
                                             "(default: 0 to 1.5 x the run's eps in 7 steps)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the eps sweep plot")
+    parser.add_argument("--no-paper", action="store_true",
+                        help="leave out the paper's numbers (the model card rows)")
     return parser
 
 
@@ -393,7 +429,7 @@ def main(argv=None) -> None:
         raise UserError(f"--sweep-n-examples must be positive, got {args.sweep_n_examples}")
     evals = load_evals(args.inputs)
     rows = build_table(evals)
-    text = render(rows, args.format)
+    text = render(rows if args.no_paper else with_paper(rows), args.format)
     from rslad_tf import fileio
 
     if args.out:

@@ -64,7 +64,7 @@ def test_several_seeds_become_mean_and_std(evals):
 def test_markdown_layout_and_missing_columns(evals):
     text = report.render(report.build_table(evals), "md")
     lines = text.splitlines()
-    assert lines[0] == ("| Dataset | Model | Method | Checkpoint | eps | Runs | Clean | FGSM | "
+    assert lines[0] == ("| Source | Dataset | Model | Method | Checkpoint | eps | Runs | Clean | FGSM | "
                         "PGD_SAT | PGD_TRADES | CW_inf | AA |")
     sat = next(line for line in lines if "| sat |" in line)
     assert sat.rstrip().endswith("| 48.50 | - |")
@@ -186,7 +186,7 @@ def test_cli_prints_the_table_and_writes_files(tmp_path, evals, capsys):
     target = tmp_path / "table.csv"
     code, out, _ = _cli(paths + ["--format", "csv", "--out", str(target),
                                  "--plot-dir", str(tmp_path / "plots")], capsys)
-    assert code == 0 and target.read_text().startswith("dataset,model,method")
+    assert code == 0 and target.read_text().startswith("source,dataset,model,method")
     assert (tmp_path / "plots" / "clean_vs_aa.png").read_bytes()[:8] == PNG_MAGIC
 
 
@@ -226,3 +226,18 @@ def test_eps_is_written_as_the_papers_do():
     assert report.format_eps(None) == "-"
     text = report.render(report.build_table([_eval("sat", clean_acc=80.0)]), "md")
     assert "| 8/255 |" in text
+
+
+def test_model_card_puts_the_paper_next_to_ours(evals):
+    rows = report.with_paper(report.build_table(evals))
+    sources = [(r["method"], r["checkpoint"], r["source"]) for r in rows]
+    paper = [r for r in rows if r["source"] != "ours"]
+    # The fixture's runs are cifar10 / resnet18: the paper reports sat and rslad there.
+    assert {r["method"] for r in paper} <= {"sat", "rslad", "trades", "ard", "iad"}
+    rslad_paper = next(r for r in paper if r["method"] == "rslad")
+    assert rslad_paper["columns"]["AA"]["mean"] == 51.49
+    # It follows our rslad rows (best, then last) directly.
+    i = sources.index(("rslad", "best", rslad_paper["source"]))
+    assert sources[i - 1][:1] == ("rslad",) and sources[i - 1][2] == "ours"
+    text = report.render(rows, "md")
+    assert "| paper (Zi et al. 2021) |" in text and "| ours |" in text
