@@ -6,15 +6,19 @@ Columns, L-infinity, eps = the dataset's threat model (8/255 on CIFAR, 0.2 on di
 - ``fgsm``, ``pgd_sat``, ``pgd_trades``, ``cw_inf``: our compiled PGD engine with the
   settings of ``rslad_tf.attacks.PROTOCOL`` (FGSM; PGD-20 step 2/255 uniform start CE;
   PGD-20 step 0.003 uniform start CE; PGD-20 step 2/255 uniform start CW margin kappa 50).
-- ``autoattack``: the reference AutoAttack, standard version (APGD-CE, APGD-T, FAB-T,
-  Square-5000), run on the same ``.keras`` file under Keras' torch backend in a child
-  process (`rslad_tf.attacks.autoattack_reference`). The reported accuracy is this
-  model's (TensorFlow's) accuracy on the adversarial images AutoAttack returns; AutoAttack's
-  own flags, the robust accuracy after each of its four attacks, and the agreement of the
-  two frameworks' clean predictions are recorded beside it.
+- ``autoattack``: AutoAttack, standard version (APGD-CE, APGD-T, FAB-T, Square-5000), in
+  one of two implementations (``autoattack=`` / ``--autoattack``; the JSON records it as
+  ``autoattack_impl``): ``"native"``, our TensorFlow one (`rslad_tf.attacks.autoattack`,
+  compiled, in this process, checked against the reference by
+  `rslad_tf.verify_autoattack`), or ``"reference"``, the reference code run on the same
+  ``.keras`` file under Keras' torch backend in a child process
+  (`rslad_tf.attacks.autoattack_reference`; then the agreement of the two frameworks' clean
+  predictions is recorded too). The reported accuracy is this model's (TensorFlow's)
+  accuracy on the adversarial images AutoAttack returns; the robust accuracy after each of
+  its four attacks is recorded beside it.
 - black box: ``transfer_pgd`` / ``transfer_cw`` (PGD_SAT and CW_inf examples crafted on a
-  surrogate model, classified by the target) and ``square`` (reference Square, 5000
-  queries, through the same child process).
+  surrogate model, classified by the target) and ``square`` (Square, 5000 queries, by the
+  chosen AutoAttack implementation).
 
 Accuracies are in percent of the evaluated points (the first ``n_examples`` test points,
 as RobustBench does) and count a point when the model classifies its attacked image
@@ -46,6 +50,9 @@ LABELS = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD_SAT", "pgd_trades": 
           "cw_inf": "CW_inf", "autoattack": "AA", "transfer_pgd": "PGD-20 transfer",
           "transfer_cw": "CW_inf transfer", "square": "Square"}
 SQUARE_QUERIES = 5000
+# The AutoAttack / Square implementations (`evaluate(autoattack=...)`, ``--autoattack``).
+AUTOATTACK_IMPLS = ("native", "reference")
+DEFAULT_AUTOATTACK = "reference"
 # A returned adversarial image may sit this far outside the eps ball (float32 rounding).
 BALL_TOLERANCE = 1e-5
 
@@ -255,7 +262,8 @@ def evaluate(model, *, dataset: str = "digits", data_dir: str | None = None, att
              method: str | None = None, model_name: str | None = None,
              checkpoint: str | None = None, log=None, autoattack_version: str = "standard",
              autoattack_attacks=None, autoattack_options: dict | None = None,
-             autoattack_threads: int | None = None, sanity_checks: bool = True) -> dict:
+             autoattack_threads: int | None = None, sanity_checks: bool = True,
+             autoattack: str | None = None) -> dict:
     """Evaluate ``model`` with the paper's protocol; returns the eval JSON (a dict).
 
     Args:
@@ -276,6 +284,10 @@ def evaluate(model, *, dataset: str = "digits", data_dir: str | None = None, att
             (tests only, recorded in the JSON) and torch CPU threads.
         sanity_checks: add the ``sanity`` object (gradient-masking warnings, see
             `rslad_tf.sanity`) to the result.
+        autoattack: the implementation of "autoattack" and "square": "native" (TensorFlow,
+            this process) or "reference" (pyautoattack under the torch backend); None =
+            ``DEFAULT_AUTOATTACK``. Version, attacks, options and batch size apply to both;
+            ``autoattack_threads`` to the reference only.
     """
     from rslad_tf import attacks as attack_lib
     from rslad_tf import fileio
@@ -284,6 +296,7 @@ def evaluate(model, *, dataset: str = "digits", data_dir: str | None = None, att
     say = log or (lambda *_: None)
     chosen = validate_attacks(attacks, surrogate)
     _check_numbers(n_examples, batch_size, eps, autoattack_batch_size)
+    impl = _check_impl(autoattack)
     data_spec = spec(dataset)
     eps = float(data_spec.epsilon if eps is None else eps)
     aa_batch = int(autoattack_batch_size or batch_size)
@@ -324,6 +337,7 @@ def evaluate(model, *, dataset: str = "digits", data_dir: str | None = None, att
         "n_examples": n,
         "seed": int(seed),
         "batch_size": int(batch_size),
+        "autoattack_impl": impl,
         "attacks": {},
         "seconds": {},
     }
@@ -355,6 +369,14 @@ def evaluate(model, *, dataset: str = "digits", data_dir: str | None = None, att
                     settings.describe(eps), seed=int(seed), batch_size=int(batch_size),
                     crafted_on=result.get("surrogate") or surrogate.name,
                     protocol_attack=TRANSFER[name])
+            elif impl == "native":  # autoattack / square in TensorFlow, this process
+                acc, info = _native_attack(
+                    name, model, x, y, eps=eps, seed=seed, batch_size=aa_batch,
+                    tf_batch_size=batch_size, version=autoattack_version,
+                    attacks=autoattack_attacks, options=autoattack_options, log=log)
+                result["attacks"][name] = info
+                if name == "autoattack":
+                    result["autoattack_per_attack"] = info["per_attack"]
             else:  # autoattack / square: the reference code in a torch-backend process
                 if saved_path is None:
                     saved_path = os.path.join(tmp, "model.keras")
@@ -381,6 +403,61 @@ def evaluate(model, *, dataset: str = "digits", data_dir: str | None = None, att
         for warning in result["sanity"]["warnings"]:
             say(f"  warning: {warning}")
     return result
+
+
+def _check_impl(autoattack) -> str:
+    impl = DEFAULT_AUTOATTACK if autoattack is None else autoattack
+    if impl not in AUTOATTACK_IMPLS:
+        raise UserError(f"unknown AutoAttack implementation {impl!r}; choose one of "
+                        f"{', '.join(AUTOATTACK_IMPLS)}")
+    return impl
+
+
+def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, version,
+                   attacks, options, log):
+    """Run AutoAttack ("autoattack") or Square ("square") natively and re-classify the
+    returned images with ``model``. Returns (accuracy %, settings dict)."""
+    from rslad_tf.attacks import autoattack as native
+
+    options = dict(options or {})
+    if name == "square":
+        version, attacks = "custom", ["square"]
+        options.setdefault("n_queries", SQUARE_QUERIES)
+    try:
+        native.resolve(version, attacks, options)
+    except ValueError as exc:
+        raise UserError(f"{name}: {exc}") from None
+    out = native.run(model, x, y, eps=eps, seed=seed, batch_size=batch_size, version=version,
+                     attacks=attacks, options=options, log=log)
+    x_adv = out["x_adv"]
+    distance = float(np.max(np.abs(x_adv - x))) if len(x) else 0.0
+    if distance > eps + BALL_TOLERANCE or x_adv.min() < 0.0 or x_adv.max() > 1.0:
+        raise RuntimeError(f"{name} returned images outside the threat model "
+                           f"(L-inf distance {distance:.6g} > eps {eps:.6g} or outside [0,1])")
+    tf_correct = predict_labels(model, x_adv, tf_batch_size) == y
+    info = {
+        "implementation": "native TensorFlow (rslad_tf.attacks.autoattack); accuracy = this "
+                          "model re-classifying the returned images",
+        "version": version,
+        "attacks": list(out["attacks"]),
+        "norm": "Linf",
+        "eps": float(eps),
+        "seed": int(seed),
+        "batch_size": int(batch_size),
+        "options": options,
+        "per_attack": {k: _percent(v) for k, v in out["per_attack"].items()},
+        "per_attack_seconds": {k: round(v, 3) for k, v in out["seconds"].items()},
+        "robust_flag_mismatches": int(np.sum(tf_correct != out["robust"])),
+        "max_perturbation": distance,
+        "jit_compile": bool(out["jit_compile"]),
+    }
+    if name == "autoattack":
+        info["standard"] = version == "standard" and not options
+    else:
+        info["n_queries"] = int(options["n_queries"])
+        info["p_init"] = 0.8
+        info["standard"] = int(options["n_queries"]) == SQUARE_QUERIES and len(options) == 1
+    return _percent(tf_correct), info
 
 
 def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_size,
@@ -542,7 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="python -m rslad_tf.evaluate",
         description="Evaluate a checkpoint with the paper's protocol (Clean, FGSM, PGD_SAT, "
-                    "PGD_TRADES, CW_inf, reference AutoAttack; transfer and Square on request).")
+                    "PGD_TRADES, CW_inf, AutoAttack; transfer and Square on request).")
     parser.add_argument("checkpoint", help=".keras file of the model to evaluate")
     parser.add_argument("--dataset", help="test set (default: the run's dataset when the "
                                           "checkpoint lies in a run directory, else digits)")
@@ -558,6 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--surrogate", help=".keras file the transfer attacks are crafted on")
     parser.add_argument("--autoattack-batch-size", type=int,
                         help="AutoAttack's batch size (default --batch-size)")
+    parser.add_argument("--autoattack", choices=AUTOATTACK_IMPLS,
+                        help="AutoAttack / Square implementation: native (TensorFlow) or "
+                             f"reference (pyautoattack under PyTorch); default "
+                             f"{DEFAULT_AUTOATTACK}")
     return parser
 
 
@@ -591,6 +672,7 @@ def main(argv=None) -> None:
                       n_examples=args.n_examples, batch_size=args.batch_size, eps=eps,
                       seed=args.seed, surrogate=args.surrogate,
                       autoattack_batch_size=args.autoattack_batch_size,
+                      autoattack=args.autoattack,
                       log=lambda m: print(m, file=sys.stderr, flush=True))
     if run_config:
         result.setdefault("preset", run_config.get("preset"))

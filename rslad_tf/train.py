@@ -15,6 +15,7 @@ A run never overwrites an existing run directory unless ``--resume`` is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -29,6 +30,7 @@ from rslad_tf import presets
 from rslad_tf.errors import UserError, run_cli
 
 DEFAULT_RUNS_DIR = "runs"
+MIXED_PRECISION_FLAGS = presets.MIXED_PRECISION_CHOICES
 STATE_FILE = "state.npz"
 
 
@@ -58,6 +60,11 @@ def resolve_config(args) -> presets.TrainConfig:
         "max_steps": args.max_steps, "teacher_path": args.teacher, "epsilon": args.epsilon,
         "eval_n_examples": args.eval_n_examples, "data_dir": args.data_dir,
         "save_every_steps": args.save_every_steps, "deterministic": args.deterministic or None,
+        "jit_compile": _JIT_FLAG.get(getattr(args, "jit_compile", None)),
+        "mixed_precision": getattr(args, "mixed_precision", None),
+        "device_data": getattr(args, "device_data", None),
+        "teacher_cache": getattr(args, "teacher_cache", False) or None,
+        "fold_attack_bn": getattr(args, "fold_attack_bn", False) or None,
     }
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
     if args.epsilon is not None:
@@ -69,6 +76,47 @@ def resolve_config(args) -> presets.TrainConfig:
 
 
 # -- building blocks -------------------------------------------------------------------
+_JIT_FLAG = {"auto": "auto", "on": True, "off": False}
+MIXED_POLICIES = {"bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str | None):
+    """Build models under the Keras dtype policy ``name`` (None: leave the policy alone);
+    the previous global policy is restored on exit, so it never leaks into evaluation."""
+    if name is None:
+        yield
+        return
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def create_student(config: presets.TrainConfig, *, float32: bool = False):
+    """The config's student, under its mixed precision policy (or float32 if asked)."""
+    from rslad_tf import models
+    from rslad_tf.data import spec
+
+    data_spec = spec(config.dataset)
+    policy = "float32" if float32 else MIXED_POLICIES.get(config.mixed_precision)
+    with dtype_policy(policy):
+        return models.create(config.model, data_spec.num_classes,
+                             input_shape=data_spec.image_shape, **config.model_kwargs)
+
+
+def float32_copy(config: presets.TrainConfig, student, into=None):
+    """``student``'s weights in a float32 model (checkpoints and evaluation are float32).
+    ``into``: a float32 model from an earlier call, refreshed in place."""
+    copy = into if into is not None else create_student(config, float32=True)
+    copy.set_weights(student.get_weights())
+    return copy
+
+
 def learning_rate(config: presets.TrainConfig, epoch: int) -> float:
     """Step schedule: the base rate times lr_gamma per milestone passed (epochs from 0)."""
     passed = sum(1 for m in config.lr_milestones if epoch >= m)
@@ -139,11 +187,71 @@ def build_method(config: presets.TrainConfig, student, teacher=None):
         kwargs["teacher"] = teacher
     method = cls(student, **kwargs)
     # Weight decay is applied to the gradients by the method (PyTorch's coupled form).
-    method.compile(optimizer=keras.optimizers.SGD(learning_rate=config.learning_rate,
-                                                  momentum=config.momentum))
+    optimizer = keras.optimizers.SGD(learning_rate=config.learning_rate,
+                                     momentum=config.momentum)
+    if config.mixed_precision == "float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    method.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     method.build((None,) + tuple(data_spec.image_shape))
     method.optimizer.build(student.trainable_variables)
     return method
+
+
+def setup_fast_paths(config: presets.TrainConfig, method, x_train, y_train, *,
+                     num_replicas: int = 1, log=print) -> dict:
+    """Attach the config's exact fast paths to ``method``: the training set on the device
+    (``device_data``), the teacher soft-label cache (``teacher_cache``) and the folded
+    attack (``fold_attack_bn``). Returns what is on: {"device_data": DeviceData or None,
+    "teacher_cache": SoftLabelCache or None, "folded": bool}."""
+    from rslad_tf.data import device_data as dd
+    from rslad_tf.data import spec
+    from rslad_tf.methods.soft_label_cache import SoftLabelCache, cache_bytes, num_variants
+
+    out = {"device_data": None, "teacher_cache": None, "folded": False}
+    if config.device_data != "off":
+        if num_replicas > 1:
+            if config.device_data == "on":
+                raise UserError("--device-data on works on one device only")
+        elif config.device_data == "on" or dd.fits(x_train, y_train):
+            out["device_data"] = dd.DeviceData(x_train, y_train)
+            method.attach_device_data(out["device_data"])
+            log(out["device_data"].describe())
+        else:
+            log(f"device-resident data: {dd.data_bytes(x_train, y_train) / 2**20:.0f} MiB does "
+                f"not fit the budget ({dd.default_max_bytes() / 2**20:.0f} MiB): tf.data path")
+    if config.teacher_cache:
+        if num_replicas > 1:
+            raise UserError("--teacher-cache works on one device only")
+        data_spec = spec(config.dataset)
+        variants = num_variants(data_spec.augment_padding, data_spec.augment_flip)
+        needed = cache_bytes(len(x_train), variants, data_spec.num_classes)
+        if needed > dd.default_max_bytes():
+            log(f"teacher soft-label cache: {needed / 2**20:.0f} MiB does not fit the budget "
+                f"({dd.default_max_bytes() / 2**20:.0f} MiB): teacher computed every step")
+        else:
+            cache = SoftLabelCache(len(x_train), data_spec.num_classes,
+                                   padding=data_spec.augment_padding, flip=data_spec.augment_flip)
+            method.attach_teacher_cache(cache)
+            out["teacher_cache"] = cache
+            log(cache.describe())
+    if config.fold_attack_bn:
+        out["folded"] = method.set_attack_batchnorm_folding(True)
+        log("training attack: BatchNorm folded into convolutions" if out["folded"] else
+            "training attack: nothing to fold (BatchNorm in training mode or no conv+BN)")
+    return out
+
+
+def training_dataset(config: presets.TrainConfig, fast: dict, x_train, y_train, epoch: int):
+    """One epoch's batches: indices (device data), or images with or without indices."""
+    from rslad_tf.data import make_dataset
+    from rslad_tf.data.device_data import indexed_dataset
+
+    seed = config.seed * 100003 + epoch
+    if fast.get("device_data") is not None:
+        return fast["device_data"].index_dataset(config.batch_size, shuffle=True, seed=seed)
+    if fast.get("teacher_cache") is not None:
+        return indexed_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=seed)
+    return make_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=seed)
 
 
 # -- resumable state -------------------------------------------------------------------
@@ -273,8 +381,8 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     import keras
     import tensorflow as tf
 
-    from rslad_tf import attacks, fileio, models
-    from rslad_tf.data import load_numpy, make_dataset, spec
+    from rslad_tf import attacks, fileio
+    from rslad_tf.data import load_numpy, spec
     from rslad_tf.evaluate import accuracy_under_attack
 
     config.validate()
@@ -301,9 +409,13 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
             teacher = load_teacher(teacher_path, data_spec.num_classes, data_spec.image_shape)
             config = config.replace(teacher_path=os.path.abspath(teacher_path))
         keras.utils.set_random_seed(config.seed)
-        student = models.create(config.model, data_spec.num_classes,
-                                input_shape=data_spec.image_shape, **config.model_kwargs)
+        student = create_student(config)
         method = build_method(config, student, teacher)
+    fast = setup_fast_paths(config, method, x_train, y_train,
+                            num_replicas=strategy.num_replicas_in_sync, log=log)
+    # Checkpoints and evaluation are float32: a mixed precision student is copied into a
+    # float32 model of the same architecture before each evaluation and save.
+    eval_model = student if config.mixed_precision == "off" else None
 
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     state_path = os.path.join(ckpt_dir, STATE_FILE)
@@ -329,6 +441,9 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     log(f"[{config.preset}] {config.method} on {config.dataset}: {config.model}, "
         f"{config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, "
         f"eps {config.epsilon:.4g} -> {out_dir}")
+    if config.mixed_precision != "off" or config.jit_compile != "auto":
+        log(f"speed: mixed precision {config.mixed_precision}, jit_compile "
+            f"{method.jit_compile}")
     guard = _StepGuard(config.save_every_steps,
                        lambda e, k: _save_state(state_path, method, e, best, step=k))
     for epoch in range(start_epoch, config.epochs):
@@ -337,10 +452,12 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         method.optimizer.learning_rate.assign(lr)
         first_step = start_step if epoch == start_epoch else 0
         # One seeded order per epoch, so a resumed run sees the same data order; a run
-        # resumed mid-epoch skips the batches it already trained on.
-        dataset = make_dataset(x_train, y_train, config.batch_size, shuffle=True,
-                               seed=config.seed * 100003 + epoch)
+        # resumed mid-epoch skips the batches it already trained on. (The device-resident
+        # and indexed paths give the same order: `rslad_tf.data.device_data`.)
+        dataset = training_dataset(config, fast, x_train, y_train, epoch)
         dataset = dataset.take(steps_per_epoch).skip(first_step)
+        if fast["teacher_cache"] is not None:
+            fast["teacher_cache"].reset_counters()
         logs = method.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
                           callbacks=[tensorboard, guard.callback(epoch, first_step)]).history
         if guard.bad_step is not None:
@@ -351,9 +468,16 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         row.update({k: float(v[-1]) for k, v in logs.items()})
         message = f"epoch {epoch + 1:>3}/{config.epochs}  loss {row['loss']:.4f}  " \
                   f"train-acc {100 * row['acc']:5.1f}%"
+        if "zero_grad_frac" in row:
+            message += f"  zero-grad {100 * row['zero_grad_frac']:.2f}%"
+        if fast["teacher_cache"] is not None:
+            row["cache_hit_rate"] = fast["teacher_cache"].counters()["hit_rate"]
+            message += f"  cache-hits {100 * row['cache_hit_rate']:5.1f}%"
+        if config.mixed_precision != "off":
+            eval_model = float32_copy(config, student, into=eval_model)
         if is_eval_epoch(config, epoch):
-            clean = accuracy_under_attack(student, x_test, y_test)
-            robust = accuracy_under_attack(student, x_test, y_test, attack=selection_attack,
+            clean = accuracy_under_attack(eval_model, x_test, y_test)
+            robust = accuracy_under_attack(eval_model, x_test, y_test, attack=selection_attack,
                                            eps=config.epsilon, seed=config.seed)
             row.update(clean_acc=clean, pgd20_acc=robust)
             message += f"  test clean {clean:5.1f}%  PGD-20 {robust:5.1f}%"
@@ -362,11 +486,11 @@ def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
                 tf.summary.scalar("pgd20_acc", robust, step=epoch)
             if robust > best[0]:
                 best = (robust, epoch)
-                fileio.save_model(student, os.path.join(ckpt_dir, "best.keras"))
+                fileio.save_model(eval_model, os.path.join(ckpt_dir, "best.keras"))
                 message += "  *best*"
         row["seconds"] = round(time.time() - started, 3)
         history.append(row)
-        fileio.save_model(student, os.path.join(ckpt_dir, "last.keras"))
+        fileio.save_model(eval_model, os.path.join(ckpt_dir, "last.keras"))
         _save_state(state_path, method, epoch + 1, best, step=0)
         _write_history(history_path, history)
         log(message + f"  lr {lr:.3g}  {row['seconds']:.1f}s")
@@ -423,6 +547,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="enable TensorFlow's deterministic ops (bit-exact resume on CPU)")
     parser.add_argument("--no-final-eval", action="store_true",
                         help="skip the full evaluation suite at the end of the run")
+    speed = parser.add_argument_group("speed (README: Speed)")
+    speed.add_argument("--jit-compile", choices=("auto", "on", "off"),
+                       help="XLA for the training step (default auto: on GPU only)")
+    speed.add_argument("--mixed-precision", choices=MIXED_PRECISION_FLAGS,
+                       help="student compute dtype in training (default off); evaluation "
+                            "and checkpoints stay float32")
+    speed.add_argument("--device-data", choices=("auto", "on", "off"),
+                       help="keep the training set on the device (default auto: if it fits)")
+    speed.add_argument("--teacher-cache", action="store_true",
+                       help="RSLAD: compute the teacher's logits once per (image, crop, flip) "
+                            "and reuse them (exact)")
+    speed.add_argument("--fold-attack-bn", action="store_true",
+                       help="run the training attack with BatchNorm folded into the "
+                            "convolutions (same function up to float rounding)")
     return parser
 
 

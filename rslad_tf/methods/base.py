@@ -12,6 +12,19 @@ A method subclass says three things, each in one place:
 `train_step` does the rest: in-batch augmentation on the device, the update of the student
 only (teacher frozen and never in training mode), PyTorch-style coupled weight decay, and
 loss scaling so N replicas under `tf.distribute` compute the same update as one device.
+
+Fast paths (runtime options, off by default, never saved with the model):
+
+- ``attach_device_data(DeviceData)``: batches arrive as ``{"index": [B]}`` and the images
+  are gathered from the training set held on the device (`rslad_tf.data.device_data`).
+- ``attach_teacher_cache(SoftLabelCache)``: methods whose teacher only sees clean augmented
+  images (RSLAD) reuse its logits per (image, crop offset, flip); batches must carry
+  ``"index"`` (`rslad_tf.methods.soft_label_cache`).
+- ``set_attack_batchnorm_folding(True)``: the training attack runs the student with each
+  BatchNorm folded into its convolution (inference mode only; same function up to rounding).
+- A student built under a mixed precision policy is detected: the attack objective stays
+  float32 (scaled for float16), the fraction of zero input gradients is logged as
+  ``zero_grad_frac``, and a `keras.optimizers.LossScaleOptimizer` gets its loss scaled.
 """
 
 from __future__ import annotations
@@ -21,7 +34,13 @@ import tensorflow as tf
 
 from rslad_tf import losses
 from rslad_tf.attacks import pgd_graph
+from rslad_tf.attacks.bn_folding import folded_view
 from rslad_tf.data import augment
+from rslad_tf.methods.soft_label_cache import variant_ids
+
+# float16 attack objectives are multiplied by this before the input gradient (the step uses
+# its sign only): keeps small gradients from underflowing in float16 backprop.
+FLOAT16_ATTACK_OBJECTIVE_SCALE = 2.0**10
 
 ATTACK_BATCHNORM_MODES = ("inference", "train")
 
@@ -36,6 +55,19 @@ class _TrainModeView:
     def __call__(self, x, training=False):
         del training
         return self._model(x, training=True)
+
+
+def student_precision(model) -> str:
+    """The lowest compute dtype among a model's layers: "float32", "bfloat16" or "float16"."""
+    stack, dtypes = [model], set()
+    while stack:
+        layer = stack.pop()
+        dtypes.add(str(getattr(layer, "compute_dtype", "float32")))
+        stack.extend(getattr(layer, "layers", []) or [])
+    for low in ("float16", "bfloat16"):
+        if low in dtypes:
+            return low
+    return "float32"
 
 
 class _EpochCounter(keras.callbacks.Callback):
@@ -70,6 +102,9 @@ class AdversarialMethod(keras.Model):
     term_names: tuple = ()
     default_attack_start = "uniform"
     uses_teacher = False
+    # True for methods whose teacher sees only clean augmented images (its logits can be
+    # cached per image and augmentation): `prepare_batch` then uses the soft-label cache.
+    supports_teacher_cache = False
 
     def __init__(self, student, teacher=None, *, epsilon=8 / 255, step_size=2 / 255,
                  attack_steps=10, attack_start=None, attack_batchnorm="inference",
@@ -103,6 +138,15 @@ class AdversarialMethod(keras.Model):
         self.loss_trackers = {name: keras.metrics.Mean(name=name)
                               for name in ("loss",) + tuple(self.term_names)}
         self.accuracy_tracker = keras.metrics.SparseCategoricalAccuracy(name="acc")
+        # Mixed precision student (built under a mixed dtype policy): log how many input
+        # gradients of the attack are exactly zero (underflow makes them zero).
+        self.student_precision = student_precision(student)
+        if self.student_precision != "float32":
+            self.zero_grad_tracker = keras.metrics.Mean(name="zero_grad_frac")
+        # Fast paths: runtime options, not hyperparameters (see the module docstring).
+        self._device_data = None
+        self._teacher_cache = None
+        self._attack_view_factory = None
         # A functional student is built on creation; mark the wrapper built too, so that its
         # optimizer state is saved and restored with it (an unbuilt wrapper loses it).
         if student.built:
@@ -120,7 +164,49 @@ class AdversarialMethod(keras.Model):
 
     @property
     def metrics(self):
-        return list(self.loss_trackers.values()) + [self.accuracy_tracker]
+        extra = [self.zero_grad_tracker] if self.student_precision != "float32" else []
+        return list(self.loss_trackers.values()) + [self.accuracy_tracker] + extra
+
+    # -- fast paths -----------------------------------------------------------------------
+    def _retrace(self):
+        # Options are read while the step is traced: trace again after a change.
+        self.train_function = None
+
+    @property
+    def device_data(self):
+        return self._device_data
+
+    @property
+    def teacher_cache(self):
+        return self._teacher_cache
+
+    def attach_device_data(self, data) -> None:
+        """Train from a `rslad_tf.data.device_data.DeviceData` (or None to detach): `fit`
+        then takes its ``index_dataset`` (batches ``{"index": [B]}``) and the step gathers
+        the images and labels on the device."""
+        self._device_data = data
+        self._retrace()
+
+    def attach_teacher_cache(self, cache) -> None:
+        """Reuse teacher logits through a `SoftLabelCache` (or None to detach). Batches must
+        carry the image indices (``{"index": ...}``: device data or ``indexed_dataset``)."""
+        if cache is not None and not self.supports_teacher_cache:
+            raise ValueError(f"{type(self).__name__} has no cacheable teacher output "
+                             "(only methods whose teacher sees clean images only)")
+        if cache is not None and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError("the teacher soft-label cache works on one device only")
+        self._teacher_cache = cache
+        self._retrace()
+
+    def set_attack_batchnorm_folding(self, enabled: bool) -> bool:
+        """Fold BatchNorm into the convolutions for the training attack (inference-mode
+        attacks only). Returns whether anything is folded."""
+        factory = None
+        if enabled and self.attack_batchnorm == "inference":
+            factory = folded_view(self.student)
+        self._attack_view_factory = factory
+        self._retrace()
+        return factory is not None
 
     def fit(self, *args, callbacks=None, **kwargs):
         data = args[0] if args else kwargs.get("x")
@@ -163,6 +249,11 @@ class AdversarialMethod(keras.Model):
         """Per-batch inputs of the attack and the loss that need no gradient. Returns a dict."""
         return {}
 
+    def prepare_batch(self, x, y, index=None, variant=None):
+        """`prepare` with the batch's image indices [B] and augmentation variants [B] (None
+        when the batches carry no indices). Methods with a soft-label cache use them."""
+        return self.prepare(x, y)
+
     def attack(self, x, y, ctx):
         raise NotImplementedError
 
@@ -174,6 +265,8 @@ class AdversarialMethod(keras.Model):
         """The student as the training attack sees it (BatchNorm mode per attack_batchnorm)."""
         if self.attack_batchnorm == "train":
             return _TrainModeView(self.student)
+        if self._attack_view_factory is not None:
+            return self._attack_view_factory()  # folded weights, computed once per step
         return self.student
 
     def teacher_logits(self, x):
@@ -194,9 +287,17 @@ class AdversarialMethod(keras.Model):
         """The training attack with this method's eps, step, steps and start."""
         start = self.attack_start if start is None else start
         seed = self.next_seed() if start != "none" else None
-        return pgd_graph(self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
-                         step_size=self.step_size, steps=self.attack_steps, loss=loss,
-                         start=start, seed=seed)
+        if self.student_precision == "float32":
+            return pgd_graph(self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
+                             step_size=self.step_size, steps=self.attack_steps, loss=loss,
+                             start=start, seed=seed)
+        scale = FLOAT16_ATTACK_OBJECTIVE_SCALE if self.student_precision == "float16" else 1.0
+        x_adv, zero_fraction = pgd_graph(
+            self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
+            step_size=self.step_size, steps=self.attack_steps, loss=loss, start=start,
+            seed=seed, objective_scale=scale, return_zero_fraction=True)
+        self.zero_grad_tracker.update_state(zero_fraction)
+        return x_adv
 
     def augment(self, x):
         if not self.augment_padding and not self.augment_flip:
@@ -204,21 +305,60 @@ class AdversarialMethod(keras.Model):
         return augment.pad_crop_flip(x, padding=self.augment_padding, flip=self.augment_flip,
                                      seed=self.next_seed())
 
+    def augment_with_variant(self, x):
+        """`augment` (same seeds, same result) that also returns each image's augmentation
+        variant id [B] int32 (crop offset and flip; see `soft_label_cache.variant_ids`)."""
+        if not self.augment_padding and not self.augment_flip:
+            return x, tf.zeros([tf.shape(x)[0]], tf.int32)
+        offsets, flips = augment.draw_params(tf.shape(x)[0], self.augment_padding,
+                                             self.augment_flip, self.next_seed())
+        x = augment.apply(x, offsets, flips, self.augment_padding)
+        return x, variant_ids(offsets, flips, self.augment_padding, self.augment_flip)
+
+    def unpack_batch(self, data):
+        """(x, y, index) of a batch: ``(x, y[, w])`` as Keras passes it (index None), or a
+        dict with "index" (and "image"/"label", else gathered from the device data)."""
+        if isinstance(data, dict) and "index" in data:
+            index = tf.cast(data["index"], tf.int32)
+            if "image" in data:
+                return data["image"], data.get("label"), index
+            if self._device_data is None:
+                raise ValueError("batches of indices need attach_device_data(...) first")
+            x, y = self._device_data.gather(index)
+            return x, y, index
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return x, y, None
+
     # -- the step -------------------------------------------------------------------------
     def train_step(self, data):
-        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        x = self.augment(tf.cast(x, tf.float32))
-        ctx = self.prepare(x, y)
+        x, y, index = self.unpack_batch(data)
+        x = tf.cast(x, tf.float32)
+        if self._teacher_cache is None:
+            x = self.augment(x)
+            ctx = self.prepare(x, y)
+        else:
+            if index is None:
+                raise ValueError("the teacher soft-label cache needs batches with image "
+                                 "indices: use DeviceData.index_dataset or indexed_dataset")
+            x, variant = self.augment_with_variant(x)
+            ctx = self.prepare_batch(x, y, index, variant)
         x_adv = tf.stop_gradient(self.attack(x, y, ctx))
         variables = self.student.trainable_variables
+        loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        if loss_scaling and not self.optimizer.built:
+            self.optimizer.build(variables)  # its dynamic scale must exist from the first step
         with tf.GradientTape() as tape:
             terms = self.loss_terms(x, x_adv, y, ctx)
             # Gradients are summed over replicas: scale so N devices match one device.
             scaled = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
+            if loss_scaling:  # float16: the optimizer unscales the gradients
+                scaled = self.optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, variables)
         if self.weight_decay:
             # Replica gradients are summed: each replica adds its share of the L2 term.
             decay = self.weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
+            if loss_scaling:
+                decay = decay * tf.cast(self.optimizer.dynamic_scale, tf.float32)
             grads = [g + decay * v for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
         for name, tracker in self.loss_trackers.items():

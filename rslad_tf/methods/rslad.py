@@ -26,6 +26,7 @@ class RSLADModel(AdversarialMethod):
     term_names = ("kl_adv", "kl_nat")
     default_attack_start = "normal"
     uses_teacher = True
+    supports_teacher_cache = True  # T(x) on clean augmented images only
 
     def __init__(self, student, teacher, *, adv_weight=5.0 / 6.0, nat_weight=1.0 / 6.0,
                  reduction="mean", scale=1.0, **kwargs):
@@ -41,6 +42,16 @@ class RSLADModel(AdversarialMethod):
 
     def prepare(self, x, y):
         teacher_logits = self.teacher_logits(x)  # T(x) on clean images only, once per batch
+        return {"teacher_logits": teacher_logits,
+                "soft_labels": tf.nn.softmax(teacher_logits, axis=-1)}
+
+    def prepare_batch(self, x, y, index=None, variant=None):
+        """`prepare`, with T(x) read from the soft-label cache when one is attached (the
+        same logits bit for bit: the cache stores what the teacher computed)."""
+        if self.teacher_cache is None or index is None:
+            return self.prepare(x, y)
+        teacher_logits = tf.stop_gradient(
+            self.teacher_cache.lookup(self.teacher_logits, x, index, variant))
         return {"teacher_logits": teacher_logits,
                 "soft_labels": tf.nn.softmax(teacher_logits, axis=-1)}
 

@@ -1,0 +1,47 @@
+# The one image every pipeline component runs in: Python, TensorFlow, kfp and this package,
+# all from the exact pins of requirements.txt. Nothing is installed when a step runs.
+#
+#   docker build -t REGISTRY/rslad-tf:0.1.0 .
+#   docker build --build-arg TF_CUDA=1 -t REGISTRY/rslad-tf:0.1.0-gpu .   # GPU nodes
+#   docker push REGISTRY/rslad-tf:0.1.0
+#   python -m pipelines.rslad_pipeline compile --image REGISTRY/rslad-tf:0.1.0 --out rslad.yaml
+FROM python:3.11-slim
+
+# TF_CUDA=1 adds the CUDA libraries TensorFlow needs on GPU nodes: its own `and-cuda`
+# extra at the TensorFlow version pinned in requirements.txt (those libraries are pinned
+# by TensorFlow itself). Without it TensorFlow runs on CPU.
+ARG TF_CUDA=0
+# pip reads this as an extra package index. PyPI's torch wheel for Linux bundles CUDA
+# (several GB); for a smaller CPU-only image build with
+#   --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
+# (the same pinned torch version, as its +cpu build).
+ARG PIP_EXTRA_INDEX_URL=
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+WORKDIR /opt/rslad_tf
+
+# Dependencies first, from the pinned file alone: this layer is rebuilt only when the
+# pins change, not on every code change.
+COPY requirements.txt ./
+RUN python -m pip install -r requirements.txt \
+ && if [ "$TF_CUDA" = "1" ]; then \
+        python -m pip install "tensorflow[and-cuda]==$(sed -n 's/^tensorflow==//p' requirements.txt)"; \
+    fi
+
+# The package itself (rslad_tf, components, pipelines), without touching the pinned
+# dependencies; the import check fails the build instead of the first pipeline step.
+COPY pyproject.toml README.md ./
+COPY rslad_tf ./rslad_tf
+COPY components ./components
+COPY pipelines ./pipelines
+RUN python -m pip install --no-deps . \
+ && cd / && python -c "import rslad_tf, components, pipelines.rslad_pipeline, kfp, tensorflow"
+
+# kfp lightweight components start `python3 -m kfp.dsl.executor_main` themselves.
+WORKDIR /
+CMD ["python", "-m", "pipelines.rslad_pipeline", "--help"]

@@ -1,0 +1,281 @@
+"""What every component shares: the image, artifact layouts, and parsing of parameters.
+
+Artifact layouts (each output artifact's ``path`` is a local path without suffix; on a
+cluster it is the mounted object-store location):
+
+- **Dataset** (``prepare_data``): a directory holding ``dataset.json``, a manifest that
+  names the dataset and where it is read from (``data_dir``), its shapes and class count,
+  and SHA-256 fingerprints of the train and test arrays. Training and evaluation read the
+  data by name through `rslad_tf.data.load_numpy`, so the artifact is a checked
+  *reference*: every consumer re-loads the test split and refuses to go on when its
+  fingerprint differs from the one prepared (a different or changed ``data_dir``).
+- **Model** (``train_teacher``, ``import_teacher``, ``distill_student``): a directory
+  holding ``model.keras`` (the network alone, loadable with `keras.saving.load_model`)
+  and ``model.json`` (role, method, model, dataset, SHA-256 of ``model.keras``); a trained
+  model's artifact also keeps the whole run directory under ``run/`` (``config.json``,
+  ``history.csv``, both checkpoints, TensorBoard logs).
+
+Each component module holds a plain function (``<name>_fn``) that does the work and is
+unit-tested directly, and a kfp wrapper whose body imports that function from this
+installed package: kfp serialises only the wrapper's own source, so the image must have
+this repository installed (see the ``Dockerfile``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from rslad_tf.errors import UserError
+
+# The one image every component runs in; override with RSLAD_TF_IMAGE or `--image`.
+DEFAULT_IMAGE = "rslad-tf:0.1.0"
+IMAGE_ENV = "RSLAD_TF_IMAGE"
+
+DATASET_MANIFEST = "dataset.json"
+DATASET_FORMAT = "rslad_tf.dataset/1"
+MODEL_FILE = "model.keras"
+MODEL_INFO = "model.json"
+SKIPPED_FILE = "skipped.json"
+RUN_SUBDIR = "run"
+
+WHITEBOX_ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
+BLACKBOX_ATTACKS = ("transfer_pgd", "transfer_cw", "square")
+
+
+def image() -> str:
+    """The component image: ``$RSLAD_TF_IMAGE`` or the default."""
+    return os.environ.get(IMAGE_ENV) or DEFAULT_IMAGE
+
+
+def component(func=None, *, base_image: str | None = None):
+    """``kfp.dsl.component`` with our image and no run-time installs (the image has kfp,
+    TensorFlow and this package). Usable as ``@component`` or ``component(f, base_image=)``."""
+    def wrap(f):
+        if os.environ.get("_KFP_RUNTIME", "false") == "true":
+            # Inside a running step kfp loads only its executor (no `dsl.component`); the
+            # step calls the plain functions, so the modules need no components there.
+            return f
+        from kfp import dsl
+
+        return dsl.component(f, base_image=base_image or image(), install_kfp_package=False)
+
+    return wrap(func) if func is not None else wrap
+
+
+def configure_runtime(tensorflow: bool = True) -> None:
+    """Line-buffered progress and, for steps that use TensorFlow, thread pools sized to the
+    machine and quiet C++ logs (``tensorflow=False`` spares a step the import)."""
+    import sys
+
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+    except (AttributeError, ValueError):
+        pass
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if tensorflow:
+        from rslad_tf import runtime
+
+        runtime.configure()
+
+
+def tagged(log, tag: str):
+    """``log`` with every line prefixed by ``[tag]``: steps that run at once (the methods
+    of the parallel loop) stay tellable apart in a shared log."""
+    if log is None:
+        return None
+
+    def write(message="", *args, **kwargs):
+        text = str(message)
+        log("\n".join(f"[{tag}] {line}" for line in text.split("\n")), *args, **kwargs)
+
+    return write
+
+
+# -- parameters ------------------------------------------------------------------------
+def parse_list(text: str, allowed, what: str) -> list[str]:
+    """``"a, b"`` -> ``["a", "b"]``, every item checked against ``allowed``."""
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not items:
+        raise UserError(f"no {what} given; choose from: {', '.join(allowed)}")
+    bad = [s for s in items if s not in allowed]
+    if bad:
+        raise UserError(f"unknown {what} {bad[0]!r}; choose from: {', '.join(allowed)}")
+    return items
+
+
+def parse_model_spec(spec: str) -> tuple[str, dict]:
+    """``"small_cnn:width=32"`` -> ``("small_cnn", {"width": 32})``; ``""`` -> ``("", {})``.
+
+    Values are parsed as JSON when they can be (numbers, booleans), else kept as text.
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        return "", {}
+    name, _, rest = spec.partition(":")
+    name = name.strip()
+    kwargs = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"bad model spec {spec!r}: expected NAME[:key=value,...], "
+                            f"e.g. small_cnn:width=32")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except ValueError:
+            kwargs[key.strip()] = value.strip()
+    from rslad_tf import models
+
+    if name not in models.available():
+        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(models.available())}")
+    return name, kwargs
+
+
+def with_model_spec(config, spec: str):
+    """``config`` with its model replaced by ``spec`` (kwargs merged when the name is the
+    preset's own model, replaced otherwise)."""
+    name, kwargs = parse_model_spec(spec)
+    if not name:
+        return config
+    if name == config.model:
+        return config.replace(model_kwargs={**config.model_kwargs, **kwargs})
+    return config.replace(model=name, model_kwargs=kwargs)
+
+
+# -- dataset artifacts -----------------------------------------------------------------
+def fingerprint(images, labels) -> str:
+    """SHA-256 over the float32 images and int32 labels of a split (shape included)."""
+    import hashlib
+
+    import numpy as np
+
+    digest = hashlib.sha256()
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    labels = np.ascontiguousarray(labels, dtype=np.int32)
+    digest.update(repr((images.shape, labels.shape)).encode())
+    digest.update(images.tobytes())
+    digest.update(labels.tobytes())
+    return digest.hexdigest()
+
+
+def read_dataset(path: str, *, verify: bool = True) -> dict:
+    """The manifest of a Dataset artifact written by ``prepare_data``.
+
+    ``verify``: re-load the test split and compare its fingerprint, so a step never trains
+    or evaluates on other data than the pipeline prepared.
+    """
+    manifest_path = os.path.join(path, DATASET_MANIFEST)
+    if not os.path.isfile(manifest_path):
+        raise UserError(f"{path!r} is not a dataset artifact of prepare_data "
+                        f"(no {DATASET_MANIFEST} in it)")
+    try:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"dataset manifest {manifest_path!r} is unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != DATASET_FORMAT:
+        raise UserError(f"{manifest_path!r} is not a {DATASET_FORMAT} manifest")
+    if verify:
+        from rslad_tf.data import load_numpy
+
+        x, y = load_numpy(manifest["dataset"], "test", manifest.get("data_dir"))
+        if fingerprint(x, y) != manifest["test_fingerprint"]:
+            raise UserError(
+                f"the {manifest['dataset']} test split read now differs from the one "
+                f"prepare_data fingerprinted (data_dir {manifest.get('data_dir')!r}); every "
+                "step must see the same data")
+    return manifest
+
+
+# -- model artifacts -------------------------------------------------------------------
+def model_file(path: str, what: str = "model") -> str:
+    """The ``.keras`` file inside a Model artifact (or ``path`` itself if it is one)."""
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return path
+    candidate = os.path.join(path, MODEL_FILE)
+    if os.path.isfile(candidate):
+        return candidate
+    if os.path.isfile(os.path.join(path, SKIPPED_FILE)):
+        raise UserError(f"{what} artifact {path!r} holds no model: its step was skipped "
+                        "(see its skipped.json)")
+    raise UserError(f"{what} artifact {path!r} holds no {MODEL_FILE}; pass a Model artifact "
+                    "of train_teacher, import_teacher or distill_student")
+
+
+def model_info(path: str) -> dict:
+    """``model.json`` of a Model artifact ({} when absent)."""
+    info_path = os.path.join(path, MODEL_INFO) if os.path.isdir(path) else None
+    if info_path and os.path.isfile(info_path):
+        try:
+            with open(info_path) as f:
+                info = json.load(f)
+            return info if isinstance(info, dict) else {}
+        except (OSError, ValueError):
+            return {}
+    return {}
+
+
+def write_model_artifact(out_dir: str, keras_file: str, info: dict, *,
+                         copy: bool = True) -> dict:
+    """Put ``keras_file`` into the artifact directory as ``model.keras`` with ``model.json``;
+    returns the info with the file's SHA-256 added."""
+    from rslad_tf import fileio
+
+    os.makedirs(out_dir, exist_ok=True)
+    target = os.path.join(out_dir, MODEL_FILE)
+    if os.path.abspath(keras_file) != os.path.abspath(target):
+        tmp = target + ".partial"
+        (shutil.copyfile if copy else shutil.move)(keras_file, tmp)
+        os.replace(tmp, target)
+    info = dict(info, sha256=fileio.sha256(target), file=MODEL_FILE)
+    fileio.write_json(os.path.join(out_dir, MODEL_INFO), info)
+    return info
+
+
+def check_model_fits(model, manifest: dict, path: str, what: str = "model") -> None:
+    """The model takes the dataset's images and predicts its classes."""
+    try:
+        out_classes = model.output_shape[-1]
+        in_shape = tuple(model.input_shape[1:])
+    except (AttributeError, ValueError, TypeError):
+        raise UserError(f"{what} {path!r} is not a classifier model") from None
+    if out_classes != manifest["num_classes"] or in_shape != tuple(manifest["image_shape"]):
+        raise UserError(
+            f"{what} {path!r} takes {in_shape} and predicts {out_classes} classes, but "
+            f"{manifest['dataset']} has images {tuple(manifest['image_shape'])} and "
+            f"{manifest['num_classes']} classes")
+
+
+def metadata_for_kfp(info: dict) -> dict:
+    """Artifact metadata: JSON scalars only (kfp stores it as a protobuf Struct)."""
+    out = {}
+    for key, value in info.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        else:
+            out[key] = json.dumps(value, sort_keys=True)
+    return out
+
+
+def ensure_empty_dir(path: str, what: str = "output") -> None:
+    """Create ``path`` as an empty directory; refuse a non-empty one (never delete)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{what} path {path!r} exists and is not a directory")
+    if os.path.isdir(path) and os.listdir(path):
+        raise UserError(f"{what} directory {path!r} is not empty; choose a fresh location")
+    os.makedirs(path, exist_ok=True)
+
+
+def report_device(device_type: str, device_count: int, log=print) -> None:
+    """Say which accelerators the step asked for and which TensorFlow sees."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    requested = int(device_count or 0) > 0 and bool(device_type)
+    if requested:
+        log(f"requested {device_count} x {device_type}; TensorFlow sees {len(gpus)} GPU(s)")
+        if not gpus:
+            log("warning: no GPU visible to TensorFlow: running on CPU")
+    elif gpus:
+        log(f"TensorFlow sees {len(gpus)} GPU(s)")

@@ -1,0 +1,68 @@
+"""distill_student: train the student with one method of the toolkit (natural, sat,
+trades, ard, iad, rslad) from the dataset's student preset; ARD, IAD and RSLAD distil from
+the teacher artifact, the others ignore it."""
+
+# No `from __future__ import annotations`: kfp reads the wrapper's annotations as types.
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.common import component
+
+
+def distill_student_fn(dataset_dir: str, out_dir: str, *, method: str, teacher_dir: str = "",
+                       model: str = "", epochs: int = 0, epsilon: float = 0.0,
+                       attack_steps: int = 0, max_steps: int = 0, batch_size: int = 0,
+                       seed: int = 0, eval_n_examples: int = 0, checkpoint: str = "best",
+                       log=print) -> dict:
+    """Train the ``method`` student into the Model artifact ``out_dir``; returns its info.
+
+    ``model``: ``""`` for the preset's student (``small_cnn:width=16`` on digits) or a spec
+    such as ``resnet18``. Numeric overrides of 0 keep the preset's values.
+    """
+    from rslad_tf import presets
+    from rslad_tf.errors import UserError
+
+    from components.common import parse_model_spec, read_dataset
+    from components.training import (apply_overrides, load_teacher_artifact, run_training,
+                                     student_preset_name)
+
+    if method not in presets.METHOD_NAMES:
+        raise UserError(f"unknown method {method!r}; choose one of: "
+                        f"{', '.join(presets.METHOD_NAMES)}")
+    model_name, _ = parse_model_spec(model)
+    manifest = read_dataset(dataset_dir)
+    config = presets.get(student_preset_name(manifest["dataset"], method, model_name))
+    config = apply_overrides(config, manifest, model=model, epochs=epochs, epsilon=epsilon,
+                             attack_steps=attack_steps, max_steps=max_steps,
+                             batch_size=batch_size, seed=seed,
+                             eval_n_examples=eval_n_examples)
+    teacher, teacher_info = None, None
+    if config.needs_teacher:
+        if not teacher_dir:
+            raise UserError(f"method {method!r} distils from a teacher: pass a teacher Model "
+                            "artifact")
+        teacher, teacher_info = load_teacher_artifact(teacher_dir, manifest)
+        config = config.replace(teacher_path=teacher_info["path"])
+        log(f"teacher {teacher_info.get('model_name', teacher.name)} "
+            f"(SHA-256 {teacher_info.get('sha256')})")
+    return run_training(config, out_dir, role="student", teacher=teacher,
+                        teacher_info=teacher_info, checkpoint=checkpoint, log=log)
+
+
+@component
+def distill_student(data: Input[Dataset], teacher: Input[Model], student: Output[Model],
+                    method: str, model: str = "", epochs: int = 0, epsilon: float = 0.0,
+                    attack_steps: int = 0, max_steps: int = 0, batch_size: int = 0,
+                    seed: int = 0, eval_n_examples: int = 0, checkpoint: str = "best",
+                    device_type: str = "", device_count: int = 0):
+    """Train one student with ``method`` (distilling from ``teacher`` where the method does)."""
+    from components.common import configure_runtime, metadata_for_kfp, report_device
+    from components.distill_student import distill_student_fn
+
+    configure_runtime()
+    report_device(device_type, device_count)
+    info = distill_student_fn(data.path, student.path, method=method, teacher_dir=teacher.path,
+                              model=model, epochs=epochs, epsilon=epsilon,
+                              attack_steps=attack_steps, max_steps=max_steps,
+                              batch_size=batch_size, seed=seed,
+                              eval_n_examples=eval_n_examples, checkpoint=checkpoint)
+    student.metadata.update(metadata_for_kfp(info))

@@ -1,0 +1,125 @@
+"""import_teacher: the teacher every student distils from, checked.
+
+Either fetches a ``.keras`` teacher from ``uri`` (a local path, ``file://``, ``http(s)://``,
+or any scheme TensorFlow's file system reads, e.g. ``gs://``) or, when no URI is given,
+takes the teacher that ``train_teacher`` trained in this run. Either way the file must
+match ``expected_sha256`` when one is given (checked before the file is loaded), must load
+as a Keras model in safe mode, and must fit the dataset (input shape, classes).
+PyTorch checkpoints are not loaded here: convert them first with
+``python -m rslad_tf.convert_teacher``.
+"""
+
+# No `from __future__ import annotations`: kfp reads the wrapper's annotations as types.
+import os
+import re
+import shutil
+
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.common import component
+from rslad_tf.errors import UserError
+
+HTTP_TIMEOUT_S = 60
+INCOMING_FILE = "incoming.keras"
+
+
+def _fetch(uri: str, target: str) -> None:
+    """Copy the file at ``uri`` to ``target``."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" not in uri:
+        if not os.path.isfile(uri):
+            raise UserError(f"teacher file {uri!r} does not exist")
+        shutil.copyfile(uri, target)
+        return
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_S) as response, \
+                    open(target, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as exc:
+            raise UserError(f"cannot download teacher {uri}: {exc}") from None
+        return
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.copy(uri, target, overwrite=True)
+    except (tf.errors.OpError, NotImplementedError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read teacher {uri}: {first}") from None
+
+
+def normalise_sha256(expected: str) -> str | None:
+    expected = (expected or "").strip().lower()
+    if not expected:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise UserError(f"expected_sha256 {expected!r} is not a SHA-256 hex digest "
+                        "(64 hex digits)")
+    return expected
+
+
+def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
+                      expected_sha256: str = "", trained_dir: str = "", log=print) -> dict:
+    """Write the checked teacher into the Model artifact ``out_dir``; returns its info."""
+    from rslad_tf import fileio
+
+    from components.common import (check_model_fits, ensure_empty_dir, model_file,
+                                   model_info, read_dataset, write_model_artifact)
+
+    expected = normalise_sha256(expected_sha256)
+    uri = (uri or "").strip()
+    if uri.lower().endswith((".pt", ".pth", ".ckpt", ".bin")):
+        raise UserError(f"teacher {uri!r} looks like a PyTorch checkpoint; convert it to .keras "
+                   "first with `python -m rslad_tf.convert_teacher`")
+    if not uri and not trained_dir:
+        raise UserError("no teacher: give teacher_uri, or train one in the pipeline")
+    manifest = read_dataset(dataset_dir)
+    ensure_empty_dir(out_dir, "teacher artifact")
+    if uri:
+        source, info = uri, {"role": "teacher", "source": uri}
+        # Keras reads only files named *.keras; renamed to model.keras once checked.
+        local = os.path.join(out_dir, INCOMING_FILE)
+        log(f"fetching teacher {uri}")
+        _fetch(uri, local)
+    else:
+        local = model_file(trained_dir, "trained teacher")
+        source = local
+        info = dict(model_info(trained_dir), source="trained in this pipeline")
+        # The trained artifact's own record guards it from changes between steps.
+        if expected is None and info.get("sha256"):
+            recorded = info["sha256"]
+            if fileio.sha256(local) != recorded:
+                raise UserError(f"trained teacher {local!r} changed since train_teacher wrote it "
+                           f"(SHA-256 differs from {recorded})")
+    try:
+        teacher = fileio.load_model(local, what="teacher", expected_sha256=expected)
+        check_model_fits(teacher, manifest, source, "teacher")
+    except BaseException:
+        if uri and os.path.exists(local):
+            os.remove(local)
+        raise
+    if expected:
+        log(f"teacher SHA-256 matches {expected}")
+    info.update(role="teacher", expected_sha256=expected, dataset=manifest["dataset"],
+                model_name=info.get("model_name") or teacher.name,
+                params=int(teacher.count_params()))
+    info = write_model_artifact(out_dir, local, info, copy=not uri)
+    log(f"teacher {info['model_name']} ({info['params']:,} parameters), SHA-256 "
+        f"{info['sha256']}")
+    return info
+
+
+@component
+def import_teacher(data: Input[Dataset], trained: Input[Model], teacher: Output[Model],
+                   uri: str = "", expected_sha256: str = ""):
+    """The checked teacher: fetched from ``uri``, or the one trained in this run."""
+    from components.common import configure_runtime, metadata_for_kfp
+    from components.import_teacher import import_teacher_fn
+
+    configure_runtime()
+    info = import_teacher_fn(data.path, teacher.path, uri=uri,
+                             expected_sha256=expected_sha256, trained_dir=trained.path)
+    teacher.metadata.update(metadata_for_kfp(info))

@@ -1,0 +1,144 @@
+"""make_report: the paper-style table of every method (white- and black-box columns) as
+Markdown, the table as JSON, and a plot of clean accuracy against AutoAttack accuracy."""
+
+# No `from __future__ import annotations`: kfp reads the wrapper's annotations as types.
+import base64
+import json
+import os
+import tempfile
+from typing import List
+
+from kfp.dsl import Artifact, Input, Markdown, Output
+
+from components.common import component
+from rslad_tf.errors import UserError
+
+IMPL_TEXT = {"native": "the toolkit's TensorFlow implementation (rslad_tf.attacks.autoattack)",
+             "reference": "the reference code (pyautoattack) under Keras' torch backend"}
+# What identifies one evaluated model: its white-box and black-box results merge on it.
+ROW_KEY = ("dataset", "method", "model", "checkpoint")
+
+
+def _load_eval(path: str) -> dict:
+    try:
+        with open(path) as f:
+            result = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path!r} is not an eval JSON of evaluate_whitebox/evaluate_blackbox "
+                        f"({exc})") from None
+    if not isinstance(result, dict) or not any(k.endswith("_acc") for k in result):
+        raise UserError(f"{path!r} is not an eval JSON of evaluate_whitebox/evaluate_blackbox "
+                        "(no accuracies in it)")
+    return result
+
+
+def merge_evals(whitebox: list[dict], blackbox: list[dict]) -> list[dict]:
+    """One eval dict per model: the black-box accuracies (and attack settings) added to the
+    white-box result of the same model, in the paper's method order."""
+    from rslad_tf.presets import METHOD_NAMES
+
+    merged: dict[tuple, dict] = {}
+    for result in list(whitebox) + list(blackbox):
+        key = tuple(result.get(k) for k in ROW_KEY)
+        if key not in merged:
+            merged[key] = dict(result)
+            continue
+        row = merged[key]
+        for name, value in result.items():
+            if name.endswith("_acc"):
+                row[name] = value
+        if isinstance(result.get("attacks"), dict):
+            row["attacks"] = {**(row.get("attacks") or {}), **result["attacks"]}
+        for name in ("surrogate", "surrogate_model", "surrogate_sha256"):
+            if name in result:
+                row[name] = result[name]
+    order = {m: i for i, m in enumerate(METHOD_NAMES)}
+    return sorted(merged.values(),
+                  key=lambda r: (order.get(r.get("method"), len(order)), str(r.get("model"))))
+
+
+def _options_text(settings: dict) -> str:
+    options = settings.get("options") or {}
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items())) or "non-standard"
+
+
+def _placeholder_plot(path: str, message: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_file: str,
+                   table_file: str, plot_file: str, *, title: str = "RSLAD: robustness of "
+                   "the distilled students", log=print) -> list:
+    """Write the report (Markdown), the table (JSON) and the plot (PNG); returns the rows."""
+    from rslad_tf import fileio, report
+
+    if not whitebox_files and not blackbox_files:
+        raise UserError("no evaluation results to report")
+    evals = merge_evals([_load_eval(p) for p in whitebox_files],
+                        [_load_eval(p) for p in blackbox_files])
+    rows = report.build_table(evals)
+    table_md = report.render(rows, fmt="md")
+    fileio.write_text(table_file, report.render(rows, fmt="json"))
+    # The plot goes through a .png name: the artifact path has no suffix to infer a format.
+    with tempfile.TemporaryDirectory() as tmp:
+        png = os.path.join(tmp, "clean_vs_aa.png")
+        try:
+            report.plot_clean_vs_aa(rows, png)
+        except UserError as exc:  # e.g. AutoAttack not among the attacks run
+            _placeholder_plot(png, str(exc))
+        with open(png, "rb") as f:
+            png_bytes = f.read()
+    with open(plot_file, "wb") as f:
+        f.write(png_bytes)
+    first = evals[0]
+    settings = [f"- dataset: {first.get('dataset')}, eps {first.get('eps')}, "
+                f"{first.get('n_examples')} test images per evaluation"]
+    surrogate = next((e.get("surrogate_model") or e.get("surrogate") for e in evals
+                      if e.get("surrogate_model") or e.get("surrogate")), None)
+    if surrogate:
+        settings.append(f"- black-box: transfer attacks crafted on the surrogate {surrogate} "
+                        "(trained separately), Square queries the model itself")
+    changed = sorted({f"{name} ({_options_text(e['attacks'][name])})" for e in evals
+                      for name in ("autoattack", "square")
+                      if isinstance(e.get("attacks"), dict)
+                      and isinstance(e["attacks"].get(name), dict)
+                      and e["attacks"][name].get("standard") is False})
+    if changed:
+        settings.append("- **not the paper's settings** (smoke test or time budget): "
+                        + "; ".join(changed) + ". The paper: AutoAttack standard, Square "
+                        "5,000 queries")
+    impls = sorted({str(e["autoattack_impl"]) for e in evals if e.get("autoattack_impl")})
+    if impls:
+        settings.append("- AutoAttack and Square: " + ", ".join(IMPL_TEXT.get(i, i)
+                                                                for i in impls))
+    settings.append("- accuracies in percent; AA = AutoAttack (APGD-CE, APGD-T, FAB-T, "
+                    "Square)")
+    text = "\n".join([f"# {title}", "", *settings, "", table_md.rstrip(), "",
+                      "![clean vs AutoAttack accuracy](data:image/png;base64,"
+                      + base64.b64encode(png_bytes).decode("ascii") + ")", ""])
+    fileio.write_text(report_file, text)
+    log(table_md)
+    return rows
+
+
+@component
+def make_report(whitebox: Input[List[Artifact]], blackbox: Input[List[Artifact]],
+                report: Output[Markdown], table: Output[Artifact], plot: Output[Artifact]):
+    """The paper's table for all methods: Markdown report, table JSON, plot PNG."""
+    from components.common import configure_runtime
+    from components.make_report import make_report_fn
+
+    configure_runtime(tensorflow=False)
+    rows = make_report_fn([a.path for a in whitebox], [a.path for a in blackbox],
+                          report.path, table.path, plot.path)
+    table.metadata["rows"] = len(rows)
+    plot.metadata["format"] = "png"

@@ -1,0 +1,490 @@
+"""The RSLAD pipeline: data, teacher, surrogate, every method in parallel, white- and
+black-box evaluation, the paper's table.
+
+    python -m pipelines.rslad_pipeline compile --out rslad.yaml [--image NAME]
+    python -m pipelines.rslad_pipeline run-local [--preset digits] [--out DIR] [--epochs N]
+    python -m pipelines.rslad_pipeline submit --host URL [--param name=value ...]
+
+Graph::
+
+    prepare_data ─┬─ train_teacher ── import_teacher ──────────────┐
+                  ├─ train_surrogate (SAT, another model and seed) ─┼─────────────┐
+                  └─ ParallelFor(methods): distill_student ─┬─ evaluate_whitebox ┐│
+                                                            └─ evaluate_blackbox ┴┴─ make_report
+                                                                    (dsl.Collected)
+
+Design notes (kfp 2.17.3):
+
+- The teacher is always ``train_teacher -> import_teacher``: with ``teacher_uri`` set, the
+  first step only records that it was skipped and the second fetches and checks the file.
+  ``dsl.If``/``dsl.Else`` with ``dsl.OneOf`` would say the same, but kfp's local runner
+  cannot resolve ``OneOf`` over artifacts ("Expected 1 artifact in ArtifactSelectorSpec");
+  one graph serves cluster and local runs alike.
+- Accelerators come from the pipeline parameters ``accelerator_type`` / ``accelerator_count``
+  (``set_accelerator_type`` / ``set_accelerator_limit`` take pipeline parameters). Inside
+  ``dsl.ParallelFor`` the compiler does not pass a parameter that only a resource setting
+  uses into the loop's sub-DAG (the step then fails: "Parent pipeline input argument
+  'pipelinechannel--accelerator_count' not found"); every accelerated step therefore also
+  takes the values as ordinary inputs (``device_type`` / ``device_count``, which it logs
+  and checks against the GPUs it sees). Compile with ``--no-accelerators`` for a CPU-only
+  cluster. The local runner ignores resources.
+- Training steps never use the cache (a rerun must retrain); evaluation and reporting may.
+"""
+
+# No `from __future__ import annotations`: kfp reads the pipeline's annotations as types.
+import argparse
+import builtins
+import contextlib
+import datetime
+import json
+import os
+import re
+import shutil
+import sys
+import warnings
+from typing import List, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Markdown
+
+import components
+from components.common import BLACKBOX_ATTACKS, WHITEBOX_ATTACKS
+from rslad_tf.errors import UserError, run_cli
+from rslad_tf.presets import METHOD_NAMES
+
+PIPELINE_NAME = "rslad-tf"
+DEFAULT_ACCELERATOR = "nvidia.com/gpu"
+SUBMIT_TIMEOUT_S = 5.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+ReportOutputs = NamedTuple("ReportOutputs", [("report", Markdown), ("table", Artifact),
+                                             ("plot", Artifact)])
+
+
+def make_pipeline(image: str | None = None, *, accelerators: bool = True,
+                  parallelism: int = 0):
+    """The pipeline function, its components built for ``image``.
+
+    ``accelerators``: request ``accelerator_count`` x ``accelerator_type`` on the training
+    and evaluation steps (off for a CPU-only cluster). ``parallelism``: how many methods run
+    at once (0: all).
+    """
+    c = components.build(image)
+
+    @dsl.pipeline(name=PIPELINE_NAME,
+                  description="Robust Soft Label Adversarial Distillation (RSLAD, ICCV 2021) "
+                              "against natural, SAT, TRADES, ARD and IAD students: white- "
+                              "and black-box robustness, the paper's table.")
+    def rslad_pipeline(
+        dataset: str = "digits",
+        data_dir: str = "",
+        download: bool = False,
+        methods: List[str] = list(METHOD_NAMES),
+        student_model: str = "",
+        teacher_uri: str = "",
+        teacher_sha256: str = "",
+        teacher_method: str = "trades",
+        teacher_model: str = "",
+        surrogate_model: str = "",
+        surrogate_seed: int = 1,
+        epochs: int = 0,
+        teacher_epochs: int = 0,
+        surrogate_epochs: int = 0,
+        max_steps: int = 0,
+        batch_size: int = 0,
+        epsilon: float = 0.0,
+        attack_steps: int = 0,
+        seed: int = 0,
+        checkpoint: str = "best",
+        select_n_examples: int = 0,
+        eval_n_examples: int = 0,
+        eval_batch_size: int = 256,
+        whitebox_attacks: str = ",".join(WHITEBOX_ATTACKS),
+        blackbox_attacks: str = ",".join(BLACKBOX_ATTACKS),
+        autoattack_options: str = "",
+        square_options: str = "",
+        autoattack_impl: str = "",
+        accelerator_type: str = DEFAULT_ACCELERATOR,
+        accelerator_count: int = 1,
+    ) -> ReportOutputs:
+        """Numeric parameters of 0 and empty strings keep the presets' values (the paper's
+        for CIFAR, the demo's for digits); ``epsilon`` 0 is the dataset's threat model.
+        ``autoattack_options`` / ``square_options``: JSON overrides of the reference
+        AutoAttack (white-box) and Square (black-box) settings, e.g. ``{"n_queries": 1000}``,
+        for smoke tests and time budgets ("" = the paper's settings; the report says when
+        they were changed). ``autoattack_impl``: "native" (the toolkit's TensorFlow
+        AutoAttack and Square) or "reference" (pyautoattack); "" = the suite's default."""
+        device = dict(device_type=accelerator_type,
+                      device_count=accelerator_count if accelerators else 0)
+        train_args = dict(epsilon=epsilon, attack_steps=attack_steps, max_steps=max_steps,
+                          batch_size=batch_size, eval_n_examples=select_n_examples,
+                          checkpoint=checkpoint, **device)
+        eval_args = dict(n_examples=eval_n_examples, epsilon=epsilon,
+                         batch_size=eval_batch_size, seed=seed,
+                         autoattack_impl=autoattack_impl, **device)
+
+        def accelerate(task, *, cache: bool):
+            if accelerators:
+                task.set_accelerator_type(accelerator_type)
+                task.set_accelerator_limit(accelerator_count)
+            task.set_caching_options(cache)
+            return task
+
+        data = c.prepare_data(dataset=dataset, data_dir=data_dir, download=download)
+        data.set_display_name("prepare-data")
+        trained = c.train_teacher(data=data.outputs["data"], method=teacher_method,
+                                  model=teacher_model, teacher_uri=teacher_uri,
+                                  epochs=teacher_epochs, seed=seed, **train_args)
+        accelerate(trained.set_display_name("train-teacher"), cache=False)
+        teacher = c.import_teacher(data=data.outputs["data"], trained=trained.outputs["teacher"],
+                                   uri=teacher_uri, expected_sha256=teacher_sha256)
+        teacher.set_display_name("import-teacher").set_caching_options(False)
+        surrogate = c.train_surrogate(data=data.outputs["data"], model=surrogate_model,
+                                      epochs=surrogate_epochs, seed=surrogate_seed,
+                                      **train_args)
+        accelerate(surrogate.set_display_name("train-surrogate"), cache=False)
+
+        with dsl.ParallelFor(methods, parallelism=parallelism) as method:
+            student = c.distill_student(data=data.outputs["data"],
+                                        teacher=teacher.outputs["teacher"], method=method,
+                                        model=student_model, epochs=epochs, seed=seed,
+                                        **train_args)
+            accelerate(student.set_display_name("distill-student"), cache=False)
+            whitebox = c.evaluate_whitebox(data=data.outputs["data"],
+                                           model=student.outputs["student"],
+                                           attacks=whitebox_attacks,
+                                           autoattack_options=autoattack_options, **eval_args)
+            accelerate(whitebox.set_display_name("evaluate-whitebox"), cache=True)
+            blackbox = c.evaluate_blackbox(data=data.outputs["data"],
+                                           model=student.outputs["student"],
+                                           surrogate=surrogate.outputs["surrogate"],
+                                           attacks=blackbox_attacks,
+                                           square_options=square_options, **eval_args)
+            accelerate(blackbox.set_display_name("evaluate-blackbox"), cache=True)
+
+        report = c.make_report(whitebox=dsl.Collected(whitebox.outputs["results"]),
+                               blackbox=dsl.Collected(blackbox.outputs["results"]))
+        report.set_display_name("make-report")
+        return ReportOutputs(report=report.outputs["report"], table=report.outputs["table"],
+                             plot=report.outputs["plot"])
+
+    return rslad_pipeline
+
+
+def compile_pipeline(out: str, image: str | None = None, *, accelerators: bool = True,
+                     parallelism: int = 0) -> str:
+    """Write the pipeline's YAML (IR) to ``out``; returns the path."""
+    from kfp import compiler
+
+    if not out.endswith((".yaml", ".yml", ".json")):
+        raise UserError(f"--out {out!r} must end in .yaml (or .json)")
+    directory = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(directory):
+        raise UserError(f"directory {directory!r} of --out does not exist")
+    compiler.Compiler().compile(
+        make_pipeline(image, accelerators=accelerators, parallelism=parallelism), out)
+    return out
+
+
+# -- local runs ------------------------------------------------------------------------
+# Named local configurations. `digits` is the demo (about 10 minutes on 2 CPU cores, see
+# rslad_tf.demo); `digits-tiny` a smoke test of the whole graph in a couple of minutes.
+LOCAL_PRESETS = {
+    # The demo (`make demo`): about 10 minutes on 2 CPU cores. AutoAttack (standard) and
+    # Square (5,000 queries) run in the toolkit's TensorFlow implementation, about four
+    # times faster on CPU than the reference code under the torch backend.
+    "digits": dict(dataset="digits", teacher_epochs=8, surrogate_epochs=5, epochs=20,
+                   select_n_examples=200, eval_n_examples=200, autoattack_impl="native"),
+    # Every step and attack of the real run, at a size where the numbers mean nothing:
+    # one-step epochs of narrow models, 16 evaluation points, and the reference AutoAttack
+    # and Square with a handful of iterations and queries (recorded as non-standard).
+    "digits-tiny": dict(dataset="digits", teacher_epochs=1, surrogate_epochs=1, epochs=1,
+                        max_steps=2, attack_steps=2, select_n_examples=32,
+                        eval_n_examples=16, student_model="small_cnn:width=8",
+                        teacher_model="small_cnn:width=8",
+                        surrogate_model="small_cnn:width=6",
+                        autoattack_options='{"n_iter": 2, "n_restarts": 1, '
+                                           '"n_target_classes": 1, "n_queries": 10}',
+                        square_options='{"n_queries": 10}'),
+}
+
+
+def _find_outputs(run_root: str) -> dict:
+    """The make-report outputs under a local run's root."""
+    found = {}
+    for dirpath, _, filenames in os.walk(run_root):
+        if os.path.basename(dirpath) == "make-report":
+            for name in ("report", "table", "plot"):
+                if name in filenames:
+                    found[name] = os.path.join(dirpath, name)
+    return found
+
+
+def count_steps(params: dict) -> int:
+    """Steps a run executes: data, teacher (train + import), surrogate, report, and three
+    per method (train, white-box, black-box)."""
+    return 5 + 3 * len(params.get("methods", METHOD_NAMES))
+
+
+@contextlib.contextmanager
+def _step_environment(threads: int = 0):
+    """Environment of the steps the local runner starts, restored afterwards: progress
+    printed as it happens (unbuffered), this repository importable from any working
+    directory (installed or not), and the TensorFlow thread count."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(components.__file__)))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    changes = {"PYTHONUNBUFFERED": "1",
+               "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               "PYTHONPATH": os.pathsep.join([repo] + [p for p in paths if p != repo])}
+    if threads:
+        changes["RSLAD_TF_THREADS"] = str(threads)
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def run_local(out_dir: str, params: dict, *, image: str | None = None, threads: int = 0,
+              verbose: bool = False) -> dict:
+    """Run the pipeline with kfp's local subprocess runner (no Docker, no cluster): every
+    step runs as a Python process of this environment, importing this repository.
+
+    Artifacts go to ``out_dir/pipeline_root``, the full log to ``out_dir/pipeline.log``; the
+    terminal shows numbered steps and their progress (everything with ``verbose``).
+    Returns the paths of the report, the table JSON and the plot, copied into ``out_dir`` as
+    report.md, table.json and clean_vs_aa.png.
+    """
+    from kfp import local
+
+    from pipelines.progress import ProgressFilter
+
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        raise UserError(f"{out_dir!r} is not empty; choose another --out")
+    os.makedirs(out_dir, exist_ok=True)
+    root = os.path.abspath(os.path.join(out_dir, "pipeline_root"))
+    workspace = os.path.abspath(os.path.join(out_dir, "workspace"))
+    os.makedirs(workspace, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
+               workspace_root=workspace, raise_on_error=True)
+    pipeline = make_pipeline(image, accelerators=True)
+    # The local runner ignores resource requests: do not let the steps expect a GPU.
+    params = dict(params)
+    params.setdefault("accelerator_count", 0)
+    log_path = os.path.join(out_dir, "pipeline.log")
+    stdout, builtin_print = sys.stdout, builtins.print
+    with open(log_path, "w") as log_file, warnings.catch_warnings(), \
+            _step_environment(threads):
+        # "settings ['accelerator'] have no effect in the local runner"; "non-Python image".
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        sys.stdout = ProgressFilter(stdout, log_file, total=count_steps(params),
+                                    verbose=verbose)
+        try:
+            task = pipeline(**params)
+        except RuntimeError as exc:
+            first = _ANSI.sub("", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise UserError(f"the local pipeline run failed: {first}; the full log is "
+                            f"{log_path}") from None
+        finally:
+            sys.stdout.flush()
+            sys.stdout = stdout
+            # kfp indents step output by swapping `print`; two steps running at once can
+            # leave the indenting one in place.
+            builtins.print = builtin_print
+    try:
+        paths = {name: task.outputs[name].path for name in ("report", "table", "plot")}
+    except (AttributeError, KeyError, TypeError):
+        paths = _find_outputs(root)
+    if set(paths) != {"report", "table", "plot"}:
+        raise UserError(f"the local run finished but wrote no report under {root}")
+    copies = {"report": "report.md", "table": "table.json", "plot": "clean_vs_aa.png"}
+    result = {}
+    for name, target in copies.items():
+        dest = os.path.join(out_dir, target)
+        shutil.copyfile(paths[name], dest)
+        result[name] = dest
+    result["pipeline_root"] = root
+    result["log"] = log_path
+    return result
+
+
+def local_params(preset: str, overrides: dict) -> dict:
+    if preset not in LOCAL_PRESETS:
+        raise UserError(f"unknown local preset {preset!r}; choose one of: "
+                        f"{', '.join(LOCAL_PRESETS)}")
+    params = dict(LOCAL_PRESETS[preset])
+    params.update({k: v for k, v in overrides.items() if v is not None})
+    return params
+
+
+def parse_methods(text: str) -> list[str]:
+    from components.common import parse_list
+
+    methods = parse_list(text, METHOD_NAMES, "method")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--methods lists a method twice: {text}")
+    return methods
+
+
+# -- submitting to a cluster -----------------------------------------------------------
+def check_reachable(host: str, timeout: float = SUBMIT_TIMEOUT_S) -> None:
+    """One quick request to the KFP API so that an unreachable host fails in seconds with
+    one line, not after the client's retries."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    parsed = urllib.parse.urlparse(host)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UserError(f"--host {host!r} is not an http(s) URL, e.g. http://localhost:8080")
+    url = host.rstrip("/") + "/apis/v2beta1/healthz"
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # the server answered (auth, 404 behind a proxy, ...): let the client talk
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"cannot reach the Kubeflow Pipelines API at {host} ({reason}); check "
+                        "--host (e.g. `kubectl port-forward -n kubeflow svc/ml-pipeline-ui "
+                        "8080:80` then --host http://localhost:8080)") from None
+
+
+def submit(host: str, params: dict, *, image: str | None = None, experiment: str = "rslad-tf",
+           run_name: str | None = None, accelerators: bool = True, parallelism: int = 0,
+           package: str | None = None, log=print) -> str:
+    """Create a run on the cluster at ``host``; returns the run id."""
+    import tempfile
+
+    import kfp
+
+    check_reachable(host)
+    with tempfile.TemporaryDirectory() as tmp:
+        if package is None:
+            package = compile_pipeline(os.path.join(tmp, "rslad.yaml"), image,
+                                       accelerators=accelerators, parallelism=parallelism)
+        elif not os.path.isfile(package):
+            raise UserError(f"pipeline file {package!r} does not exist")
+        try:
+            client = kfp.Client(host=host)
+            run = client.create_run_from_pipeline_package(
+                package, arguments=params, experiment_name=experiment,
+                run_name=run_name or f"rslad-tf-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        except Exception as exc:  # noqa: BLE001 - the client raises many types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"submitting to {host} failed: {type(exc).__name__}: "
+                            f"{first[:300]}") from None
+    log(f"created run {run.run_id} on {host}")
+    return run.run_id
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    """``name=value``; the value parsed as JSON when it can be (numbers, lists)."""
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise UserError(f"--param {text!r}: expected NAME=VALUE")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
+# -- command line ----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.rslad_pipeline",
+                                     description="Compile, run locally or submit the RSLAD "
+                                                 "Kubeflow pipeline.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def image_and_resources(p):
+        p.add_argument("--image", help="component image (default $RSLAD_TF_IMAGE or "
+                                       f"{components.DEFAULT_IMAGE})")
+        p.add_argument("--no-accelerators", action="store_true",
+                       help="request no accelerators (CPU-only cluster)")
+        p.add_argument("--parallelism", type=int, default=0,
+                       help="methods trained at once (0: all)")
+
+    p = sub.add_parser("compile", help="write the pipeline YAML")
+    p.add_argument("--out", required=True, help="output file, e.g. rslad.yaml")
+    image_and_resources(p)
+
+    p = sub.add_parser("run-local", help="run the pipeline on this machine (kfp local runner)")
+    p.add_argument("--preset", default="digits", choices=sorted(LOCAL_PRESETS),
+                   help="local configuration (default digits)")
+    p.add_argument("--out", help="output directory (default local_runs/<preset>-<time>)")
+    p.add_argument("--epochs", type=int, help="student epochs")
+    p.add_argument("--teacher-epochs", type=int, help="teacher epochs")
+    p.add_argument("--surrogate-epochs", type=int, help="surrogate epochs")
+    p.add_argument("--max-steps", type=int, help="cap on training steps per epoch")
+    p.add_argument("--methods", help=f"comma-separated subset of {','.join(METHOD_NAMES)}")
+    p.add_argument("--n-examples", type=int, help="test images per evaluation")
+    p.add_argument("--whitebox-attacks", help=f"subset of {','.join(WHITEBOX_ATTACKS)}")
+    p.add_argument("--blackbox-attacks", help=f"subset of {','.join(BLACKBOX_ATTACKS)}")
+    p.add_argument("--teacher-uri", help="import this .keras teacher instead of training one")
+    p.add_argument("--teacher-sha256", help="expected SHA-256 of --teacher-uri")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--threads", type=int, default=0,
+                   help="TensorFlow threads per step (default: all cores)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show kfp's full output (it always goes to OUT/pipeline.log)")
+    p.add_argument("--image", help="image name recorded in the components (not used locally)")
+
+    p = sub.add_parser("submit", help="create a run on a Kubeflow Pipelines cluster")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+    p.add_argument("--package", help="a compiled pipeline YAML (default: compile now)")
+    p.add_argument("--experiment", default="rslad-tf", help="experiment name")
+    p.add_argument("--run-name", help="run name (default rslad-tf-<time>)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="pipeline parameter, e.g. dataset=cifar10 or "
+                        "methods='[\"rslad\",\"ard\"]' (repeatable)")
+    image_and_resources(p)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "compile":
+        if args.parallelism < 0:
+            raise UserError("--parallelism must be 0 or positive")
+        path = compile_pipeline(args.out, args.image, accelerators=not args.no_accelerators,
+                                parallelism=args.parallelism)
+        print(f"wrote {path} (image {args.image or components.image()})")
+    elif args.command == "run-local":
+        overrides = {"epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
+                     "surrogate_epochs": args.surrogate_epochs, "max_steps": args.max_steps,
+                     "eval_n_examples": args.n_examples, "seed": args.seed,
+                     "whitebox_attacks": args.whitebox_attacks,
+                     "blackbox_attacks": args.blackbox_attacks,
+                     "teacher_uri": args.teacher_uri, "teacher_sha256": args.teacher_sha256}
+        if args.methods:
+            overrides["methods"] = parse_methods(args.methods)
+        for name in ("epochs", "teacher_epochs", "surrogate_epochs", "max_steps",
+                     "n_examples"):
+            value = getattr(args, name)
+            if value is not None and value <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        params = local_params(args.preset, overrides)
+        out = args.out or os.path.join(
+            "local_runs", f"{args.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+        result = run_local(out, params, image=args.image, threads=args.threads,
+                           verbose=args.verbose)
+        with open(result["report"]) as f:
+            print(f.read().split("![", 1)[0].rstrip())
+        print(f"\nreport: {result['report']}\ntable: {result['table']}\n"
+              f"plot: {result['plot']}\nartifacts: {result['pipeline_root']}\n"
+              f"log: {result['log']}")
+    elif args.command == "submit":
+        params = dict(parse_param(p) for p in args.param)
+        submit(args.host, params, image=args.image, experiment=args.experiment,
+               run_name=args.run_name, accelerators=not args.no_accelerators,
+               parallelism=args.parallelism, package=args.package)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(run_cli(main))

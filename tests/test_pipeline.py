@@ -1,0 +1,289 @@
+"""The Kubeflow pipeline: it compiles (every component, the parallel fan-out over methods,
+the collected report, the accelerator requests, the image), the Dockerfile installs exactly
+the pinned requirements, `submit` fails in one line on an unreachable host, and a local run
+of a tiny configuration produces a report with one row per method and every column."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from pipelines import rslad_pipeline as rp
+from rslad_tf.errors import run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPONENTS = ("prepare-data", "train-teacher", "train-surrogate", "import-teacher",
+              "distill-student", "evaluate-whitebox", "evaluate-blackbox", "make-report")
+ACCELERATED = ("train-teacher", "train-surrogate", "distill-student", "evaluate-whitebox",
+               "evaluate-blackbox")
+TRAINING = ("train-teacher", "train-surrogate", "distill-student")
+COLUMNS = ("Clean", "FGSM", "PGD_SAT", "PGD_TRADES", "CW_inf", "AA", "PGD-20 transfer",
+           "CW_inf transfer", "Square")
+
+
+def _compile(tmp_path, *args):
+    out = str(tmp_path / "rslad.yaml")
+    assert run_cli(rp.main, ["compile", "--out", out, *args]) == 0
+    with open(out) as f:
+        return out, yaml.safe_load(f)
+
+
+def _all_tasks(spec):
+    """Every task of the pipeline (root and sub-DAGs) by name, with its component spec."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return _compile(tmp_path_factory.mktemp("compile"), "--image", "registry.example/rslad-tf:9")
+
+
+def test_compiled_pipeline_has_every_component(compiled):
+    _, spec = compiled
+    tasks = _all_tasks(spec)
+    for name in COMPONENTS:
+        assert name in tasks, name
+        assert f"comp-{name}" in spec["components"], name
+    executors = spec["deploymentSpec"]["executors"]
+    assert {f"exec-{n}" for n in COMPONENTS} <= set(executors)
+    for executor in executors.values():
+        container = executor["container"]
+        # One image, nothing installed at run time.
+        assert container["image"] == "registry.example/rslad-tf:9"
+        assert "pip install" not in json.dumps(container)
+
+
+def test_compiled_pipeline_fans_out_over_methods_and_collects(compiled):
+    _, spec = compiled
+    loops = [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    assert len(loops) == 1
+    iterator = loops[0]["parameterIterator"]
+    assert iterator["items"]["inputParameter"] == "pipelinechannel--methods"
+    loop_tasks = spec["components"][loops[0]["componentRef"]["name"]]["dag"]["tasks"]
+    assert {"distill-student", "evaluate-whitebox", "evaluate-blackbox"} <= set(loop_tasks)
+    report_inputs = spec["components"]["comp-make-report"]["inputDefinitions"]["artifacts"]
+    assert report_inputs["whitebox"]["isArtifactList"]
+    assert report_inputs["blackbox"]["isArtifactList"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["methods"]["parameterType"] == "LIST"
+    assert params["methods"]["defaultValue"] == ["natural", "sat", "trades", "ard", "iad", "rslad"]
+    typed = {"dataset": "STRING", "student_model": "STRING", "teacher_uri": "STRING",
+             "epochs": "NUMBER_INTEGER", "epsilon": "NUMBER_DOUBLE", "attack_steps":
+             "NUMBER_INTEGER", "max_steps": "NUMBER_INTEGER", "accelerator_type": "STRING",
+             "accelerator_count": "NUMBER_INTEGER", "teacher_sha256": "STRING"}
+    for name, kind in typed.items():
+        assert params[name]["parameterType"] == kind, name
+
+
+def test_compiled_pipeline_requests_accelerators_from_parameters(compiled):
+    _, spec = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name in ACCELERATED:
+        accelerator = executors[f"exec-{name}"]["container"]["resources"]["accelerator"]
+        assert "pipelinechannel--accelerator_type" in accelerator["resourceType"], name
+        assert "pipelinechannel--accelerator_count" in accelerator["resourceCount"], name
+    for name in ("prepare-data", "import-teacher", "make-report"):
+        assert "resources" not in executors[f"exec-{name}"]["container"], name
+    # Inside the loop the parameters reach the sub-DAG (kfp 2.17 drops a parameter used
+    # only by a resource setting; the steps also take it as an input).
+    loop = next(c for n, c in spec["components"].items() if n.startswith("comp-for-loop"))
+    assert {"pipelinechannel--accelerator_type", "pipelinechannel--accelerator_count"} <= \
+        set(loop["inputDefinitions"]["parameters"])
+
+
+def test_training_steps_never_cached(compiled):
+    _, spec = compiled
+    tasks = _all_tasks(spec)
+    for name in TRAINING:
+        assert not tasks[name].get("cachingOptions", {}).get("enableCache", False), name
+    assert tasks["evaluate-whitebox"]["cachingOptions"]["enableCache"] is True
+
+
+def test_compiled_yaml_loads_back(compiled):
+    from kfp import components
+
+    path, _ = compiled
+    loaded = components.load_component_from_file(path)
+    assert loaded.name == rp.PIPELINE_NAME
+    assert {"report", "table", "plot"} <= set(loaded.component_spec.outputs)
+
+
+def test_image_from_environment_and_no_accelerators(tmp_path, monkeypatch):
+    monkeypatch.setenv("RSLAD_TF_IMAGE", "example.org/team/rslad:env")
+    _, spec = _compile(tmp_path, "--no-accelerators", "--parallelism", "3")
+    executors = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"example.org/team/rslad:env"}
+    assert all("resources" not in e["container"] for e in executors.values())
+    loop = next(t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t)
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 3
+
+
+def test_compile_bad_output(tmp_path, capsys):
+    assert run_cli(rp.main, ["compile", "--out", str(tmp_path / "p.txt")]) == 2
+    assert "must end in .yaml" in capsys.readouterr().err
+    assert run_cli(rp.main, ["compile", "--out", str(tmp_path / "none" / "p.yaml")]) == 2
+
+
+# -- the image -------------------------------------------------------------------------
+def _requirements():
+    pins = {}
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, sep, version = line.partition("==")
+                assert sep, f"requirements.txt: {line!r} is not an exact pin"
+                pins[name.lower()] = version
+    return pins
+
+
+def test_dockerfile_installs_exactly_the_pinned_requirements():
+    with open(os.path.join(ROOT, "Dockerfile")) as f:
+        text = f.read()
+    # Join continuation lines, drop comments.
+    lines = [ln for ln in text.replace("\\\n", " ").splitlines()
+             if ln.strip() and not ln.strip().startswith("#")]
+    assert lines[0].startswith("FROM python:3.11-slim")
+    assert any(re.match(r"COPY requirements\.txt", ln) for ln in lines)
+    run_lines = " && ".join(ln for ln in lines if ln.startswith("RUN"))
+    installs = [cmd.strip() for cmd in re.split(r"&&|;|\bthen\b", run_lines)
+                if "pip install" in cmd]
+    assert any(re.search(r"pip install -r requirements\.txt$", c) for c in installs)
+    assert any(re.search(r"pip install --no-deps \.$", c) for c in installs)
+    pins = _requirements()
+    for cmd in installs:
+        if "-r requirements.txt" in cmd or "--no-deps ." in cmd:
+            continue
+        # Anything else may only add TensorFlow's CUDA extra at the pinned version.
+        assert "tensorflow[and-cuda]==$(sed -n 's/^tensorflow==//p' requirements.txt)" in cmd, cmd
+    assert "tensorflow" in pins and "kfp" in pins
+    # The package goes in after the requirements layer and with --no-deps, so the image
+    # holds the pinned versions and nothing else.
+    assert text.index("requirements.txt") < text.index("COPY rslad_tf")
+    for package in ("rslad_tf", "components", "pipelines"):
+        assert re.search(rf"COPY {package} ", text), package
+    with open(os.path.join(ROOT, ".dockerignore")) as f:
+        ignored = f.read().split()
+    assert ".venv" in ignored and ".git" in ignored
+
+
+def test_pyproject_ships_the_pipeline_packages():
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        text = f.read()
+    for package in ("rslad_tf*", "components*", "pipelines*"):
+        assert f'"{package}"' in text
+    # The pinned versions satisfy the package's own ranges for the pipeline extra.
+    assert _requirements()["kfp"].startswith("2.")
+
+
+# -- submit ----------------------------------------------------------------------------
+def test_submit_to_an_unreachable_host_fails_in_one_line():
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.rslad_pipeline", "submit",
+                           "--host", "http://127.0.0.1:9"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: cannot reach the Kubeflow Pipelines API at "
+                               "http://127.0.0.1:9")
+    assert time.time() - started < 60
+
+
+def test_submit_bad_host_and_params(capsys):
+    assert run_cli(rp.main, ["submit", "--host", "localhost:8080"]) == 2
+    assert "is not an http(s) URL" in capsys.readouterr().err
+    assert rp.parse_param("methods=[\"rslad\"]") == ("methods", ["rslad"])
+    assert rp.parse_param("epochs=3") == ("epochs", 3)
+    assert rp.parse_param("dataset=cifar10") == ("dataset", "cifar10")
+    assert run_cli(rp.main, ["submit", "--host", "http://127.0.0.1:9", "--param", "x"]) == 2
+
+
+# -- local runs ------------------------------------------------------------------------
+def test_run_local_bad_inputs(tmp_path, capsys):
+    assert run_cli(rp.main, ["run-local", "--methods", "rslad,kd", "--out",
+                             str(tmp_path / "a")]) == 2
+    assert "unknown method 'kd'" in capsys.readouterr().err
+    assert run_cli(rp.main, ["run-local", "--epochs", "0", "--out", str(tmp_path / "b")]) == 2
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep").write_text("x")
+    assert run_cli(rp.main, ["run-local", "--out", str(occupied)]) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert (occupied / "keep").read_text() == "x"
+
+
+def _check_report(result, methods):
+    with open(result["table"]) as f:
+        rows = json.load(f)
+    assert [r["method"] for r in rows] == list(methods)
+    for row in rows:
+        assert row["dataset"] == "digits" and row["n_runs"] == 1
+        for column in COLUMNS:
+            stats = row["columns"].get(column)
+            assert stats is not None and 0.0 <= stats["mean"] <= 100.0, (row["method"], column)
+    with open(result["report"]) as f:
+        text = f.read()
+    for method in methods:
+        assert f"| {method} |" in text
+    for column in COLUMNS:
+        assert f" {column} |" in text
+    with open(result["plot"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _run_tiny(tmp_path, methods):
+    params = rp.local_params("digits-tiny", {"methods": list(methods)})
+    return rp.run_local(str(tmp_path / "run"), params, threads=1)
+
+
+def test_run_local_tiny_two_methods(tmp_path):
+    """The whole graph on digits, one training step per model, 16 evaluation points, the
+    reference AutoAttack and Square with a few iterations: about 2-3 minutes."""
+    environment = dict(os.environ)
+    result = _run_tiny(tmp_path, ("sat", "rslad"))
+    assert dict(os.environ) == environment  # the steps' settings do not leak
+    _check_report(result, ("sat", "rslad"))
+    root = result["pipeline_root"]
+    # The students' artifacts: model.keras with its record, the run directory beside it.
+    infos = []
+    for dirpath, _, filenames in os.walk(root):
+        if "model.json" in filenames and os.path.basename(dirpath) == "student":
+            with open(os.path.join(dirpath, "model.json")) as f:
+                infos.append(json.load(f))
+            assert os.path.isfile(os.path.join(dirpath, "model.keras"))
+            assert os.path.isfile(os.path.join(dirpath, "run", "history.csv"))
+    assert sorted(i["method"] for i in infos) == ["rslad", "sat"]
+    assert os.path.getsize(result["log"]) > 0
+
+
+@pytest.mark.slow
+def test_run_local_tiny_all_methods(tmp_path):
+    methods = ("natural", "sat", "trades", "ard", "iad", "rslad")
+    _check_report(_run_tiny(tmp_path, methods), methods)
+
+
+# -- make demo -------------------------------------------------------------------------
+def test_demo_never_overwrites_results(tmp_path):
+    from rslad_tf import demo
+
+    base = tmp_path / "demo_out"
+    assert demo.choose_out_dir(str(base)) == str(base)  # absent
+    base.mkdir()
+    assert demo.choose_out_dir(str(base)) == str(base)  # empty
+    (base / "report.md").write_text("earlier results")
+    chosen = demo.choose_out_dir(str(base))
+    assert os.path.dirname(chosen) == str(base)
+    assert os.path.basename(chosen).startswith("run-")
+    os.makedirs(chosen)
+    assert demo.choose_out_dir(str(base)) != chosen
+    assert (base / "report.md").read_text() == "earlier results"
+    assert "23 steps" in demo.describe_plan(rp.LOCAL_PRESETS["digits"], 1)
