@@ -27,7 +27,6 @@ first key that does not fit is named in a one-line error.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -36,6 +35,7 @@ import warnings
 
 import numpy as np
 
+from rslad_tf import fileio
 from rslad_tf.errors import UserError
 
 # File names of the paper's teachers. `sha256` is the digest of the file as published;
@@ -89,13 +89,8 @@ class ConversionError(UserError, ValueError):
     """The checkpoint does not fit the architecture, or the file cannot be used."""
 
 
-def sha256_of(path: str) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# Hex SHA-256 of a file (one implementation for the whole toolkit).
+sha256_of = fileio.sha256
 
 
 def load_state_dict_file(path: str) -> dict:

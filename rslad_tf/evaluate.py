@@ -429,11 +429,7 @@ def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, v
         raise UserError(f"{name}: {exc}") from None
     out = native.run(model, x, y, eps=eps, seed=seed, batch_size=batch_size, version=version,
                      attacks=attacks, options=options, log=log)
-    x_adv = out["x_adv"]
-    distance = float(np.max(np.abs(x_adv - x))) if len(x) else 0.0
-    if distance > eps + BALL_TOLERANCE or x_adv.min() < 0.0 or x_adv.max() > 1.0:
-        raise RuntimeError(f"{name} returned images outside the threat model "
-                           f"(L-inf distance {distance:.6g} > eps {eps:.6g} or outside [0,1])")
+    x_adv = _checked_adversarial(name, out["x_adv"], x, eps)
     tf_correct = predict_labels(model, x_adv, tf_batch_size) == y
     info = {
         "implementation": "native TensorFlow (rslad_tf.attacks.autoattack); accuracy = this "
@@ -448,7 +444,7 @@ def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, v
         "per_attack": {k: _percent(v) for k, v in out["per_attack"].items()},
         "per_attack_seconds": {k: round(v, 3) for k, v in out["seconds"].items()},
         "robust_flag_mismatches": int(np.sum(tf_correct != out["robust"])),
-        "max_perturbation": distance,
+        "max_perturbation": float(np.max(np.abs(x_adv - x))) if len(x) else 0.0,
         "jit_compile": bool(out["jit_compile"]),
     }
     if name == "autoattack":
@@ -458,6 +454,15 @@ def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, v
         info["p_init"] = 0.8
         info["standard"] = int(options["n_queries"]) == SQUARE_QUERIES and len(options) == 1
     return _percent(tf_correct), info
+
+
+def _checked_adversarial(name, x_adv, x, eps):
+    """``x_adv`` if it lies in the threat model (eps ball, [0,1]); RuntimeError otherwise."""
+    distance = float(np.max(np.abs(x_adv - x))) if len(x) else 0.0
+    if distance > eps + BALL_TOLERANCE or x_adv.min() < 0.0 or x_adv.max() > 1.0:
+        raise RuntimeError(f"{name} returned images outside the threat model "
+                           f"(L-inf distance {distance:.6g} > eps {eps:.6g} or outside [0,1])")
+    return x_adv
 
 
 def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_size,
@@ -486,11 +491,7 @@ def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_s
             hint = ("\nThe GPU is full; TensorFlow in this process may hold it: run with "
                     "TF_FORCE_GPU_ALLOW_GROWTH=true or a smaller --autoattack-batch-size")
         raise RuntimeError(f"{name}: {exc}{hint}") from None
-    x_adv = out["x_adv"]
-    distance = float(np.max(np.abs(x_adv - x))) if len(x) else 0.0
-    if distance > eps + BALL_TOLERANCE or x_adv.min() < 0.0 or x_adv.max() > 1.0:
-        raise RuntimeError(f"{name} returned images outside the threat model "
-                           f"(L-inf distance {distance:.6g} > eps {eps:.6g} or outside [0,1])")
+    x_adv = _checked_adversarial(name, out["x_adv"], x, eps)
     tf_correct = predict_labels(model, x_adv, tf_batch_size) == y
     torch_pred = np.argmax(out["clean_logits"], axis=-1)
     n = len(y)
@@ -511,7 +512,7 @@ def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_s
         "reference_clean_acc": _percent(torch_pred == y),
         "clean_prediction_mismatches": int(np.sum(torch_pred != clean_pred)),
         "robust_flag_mismatches": int(np.sum(tf_correct != out["robust"])),
-        "max_perturbation": distance,
+        "max_perturbation": float(np.max(np.abs(x_adv - x))) if len(x) else 0.0,
         "device": out["device"],
         "versions": out["versions"],
     }
