@@ -369,7 +369,24 @@ class _StepGuard:
         return Callback()
 
 
-def train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
+def train(config: presets.TrainConfig, out_dir: str, **kwargs) -> dict:
+    """Train ``config`` into ``out_dir`` (see `_train` for the arguments); returns a summary.
+
+    TensorFlow's deterministic-ops switch is process-wide: a deterministic run turns it on
+    and this wrapper turns it off again, so later work in the process (e.g. XLA kernels that
+    have no deterministic version) is unaffected.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    try:
+        return _train(config, out_dir, **kwargs)
+    finally:
+        if not was_deterministic and tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
+
+
+def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
           runs_dir: str = DEFAULT_RUNS_DIR, teacher=None, final_eval: bool = False,
           strategy=None, log=print) -> dict:
     """Train ``config`` into ``out_dir``; returns a summary dict (best/last accuracies).
