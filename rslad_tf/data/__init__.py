@@ -77,12 +77,21 @@ def make_dataset(images, labels, batch_size: int, *, shuffle: bool, seed: int = 
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    ds = shuffle_and_batch(ds, len(images), batch_size, shuffle=shuffle, seed=seed,
+                           drop_remainder=drop_remainder, repeat=repeat)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def shuffle_and_batch(ds, num_examples: int, batch_size: int, *, shuffle: bool, seed: int,
+                      drop_remainder: bool, repeat: bool):
+    """Seeded per-epoch shuffle, optional repeat, batching: the one ordering that every
+    training data path shares (device-resident index batches rely on giving the same
+    order as `make_dataset` for the same seed)."""
     if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.batch(batch_size, drop_remainder=drop_remainder)
 
 
 # Datasets register themselves on import.

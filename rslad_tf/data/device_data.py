@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rslad_tf.data import shuffle_and_batch
+
 # Fallback budget for device-resident data when the device memory size is unknown
 # (CIFAR-10/100 train sets are 614 MB as float32).
 DEFAULT_MAX_BYTES = 2 * 2**30
@@ -70,12 +72,9 @@ def index_dataset(num_examples: int, batch_size: int, *, shuffle: bool = True, s
     ``make_dataset(images, labels, batch_size, shuffle=..., seed=...)``."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.range(num_examples)
-    if shuffle:
-        ds = ds.shuffle(num_examples, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = shuffle_and_batch(tf.data.Dataset.range(num_examples), num_examples, batch_size,
+                           shuffle=shuffle, seed=seed, drop_remainder=drop_remainder,
+                           repeat=repeat)
     ds = ds.map(lambda i: {"index": tf.cast(i, tf.int32)})
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -88,11 +87,8 @@ def indexed_dataset(images, labels, batch_size: int, *, shuffle: bool = True, se
 
     ds = tf.data.Dataset.from_tensor_slices(
         {"image": images, "label": labels, "index": np.arange(len(images), dtype=np.int32)})
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = shuffle_and_batch(ds, len(images), batch_size, shuffle=shuffle, seed=seed,
+                           drop_remainder=drop_remainder, repeat=repeat)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
