@@ -64,9 +64,10 @@ def component(func=None, *, base_image: str | None = None):
     return wrap(func) if func is not None else wrap
 
 
-def configure_runtime(tensorflow: bool = True) -> None:
+def configure_runtime(tensorflow: bool = True, attack_shards="1") -> None:
     """Line-buffered progress and, for steps that use TensorFlow, thread pools sized to the
-    machine and quiet C++ logs (``tensorflow=False`` spares a step the import)."""
+    machine and quiet C++ logs (``tensorflow=False`` spares a step the import).
+    ``attack_shards``: see `rslad_tf.runtime.configure` (training steps pass "auto")."""
     import sys
 
     try:
@@ -77,7 +78,7 @@ def configure_runtime(tensorflow: bool = True) -> None:
     if tensorflow:
         from rslad_tf import runtime
 
-        runtime.configure()
+        runtime.configure(attack_shards=runtime.parse_attack_shards(attack_shards))
 
 
 def tagged(log, tag: str):

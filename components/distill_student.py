@@ -58,7 +58,7 @@ def distill_student(data: Input[Dataset], teacher: Input[Model], student: Output
     from components.common import configure_runtime, metadata_for_kfp, report_device
     from components.distill_student import distill_student_fn
 
-    configure_runtime()
+    configure_runtime(attack_shards="auto")
     report_device(device_type, device_count)
     info = distill_student_fn(data.path, student.path, method=method, teacher_dir=teacher.path,
                               model=model, epochs=epochs, epsilon=epsilon,

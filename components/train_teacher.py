@@ -86,7 +86,7 @@ def train_teacher(data: Input[Dataset], teacher: Output[Model], method: str = "t
     from components.common import configure_runtime, metadata_for_kfp, report_device
     from components.train_teacher import train_teacher_fn
 
-    configure_runtime()
+    configure_runtime(attack_shards="auto")
     report_device(device_type, device_count)
     info = train_teacher_fn(data.path, teacher.path, method=method, model=model,
                             teacher_uri=teacher_uri, role="teacher", epochs=epochs,
@@ -106,7 +106,7 @@ def train_surrogate(data: Input[Dataset], surrogate: Output[Model], method: str 
     from components.common import configure_runtime, metadata_for_kfp, report_device
     from components.train_teacher import train_teacher_fn
 
-    configure_runtime()
+    configure_runtime(attack_shards="auto")
     report_device(device_type, device_count)
     info = train_teacher_fn(data.path, surrogate.path, method=method, model=model,
                             role="surrogate", epochs=epochs, epsilon=epsilon,

@@ -1,5 +1,6 @@
 """`python -m rslad_tf.bench`: throughput of the RSLAD training step and of the PGD-20
-evaluation attack, reference configuration against the optimised one, in one process.
+evaluation attack, reference configuration against the optimised one, side by side in one
+run.
 
 Reference configuration (what a straightforward port does): float32, no XLA, the teacher
 run on every batch, augmentation on the host (a per-image tf.data ``map``), batches copied
@@ -9,7 +10,10 @@ from host memory. Optimised configuration: the fast paths that help on the devic
 - CPU: the training set on the device, the teacher soft-label cache, the attack with
   BatchNorm folded into the convolutions, bfloat16 mixed precision where the CPU has
   bfloat16 instructions (AVX512_BF16 / AMX; float32 otherwise); no XLA (XLA's CPU
-  convolution gradients were 4-10x slower than the plain graph: see the ablation rows).
+  convolution gradients were 4-10x slower than the plain graph: see the ablation rows);
+  the attack cut into 2 shards that run at the same time, one core each (exact:
+  `rslad_tf.attacks.pgd.pgd_graph`), in a process whose thread pools are laid out for
+  them (inter-op 2, intra-op cores / 2; `rslad_tf.runtime.configure`).
 - GPU: the same plus XLA for the training step and the evaluation attack, and bfloat16
   mixed precision for the student in training (evaluation stays float32).
 
@@ -18,6 +22,11 @@ student width 16, batch 128, 8x8x1 images (the embedded digits training set, no
 augmentation, as its preset); ``gpu`` (default with a GPU): ResNet-18 student, WRN-34-10
 teacher, batch 128, random 32x32x3 data (CIFAR's pad-4 crop + flip augmentation), no
 download.
+
+Processes: thread pools are fixed per process, so the configurations run in child
+processes, one per thread layout: the reference with the default layout (all cores in the
+intra-op pool, the fastest for it), the sharded ones with theirs. The parent asks them in
+turn; a process waits idle while another is timed.
 
 Timing: the step function Keras' ``fit`` runs (``train_function``) is called directly on an
 iterator; warm-up steps (tracing, XLA compilation, filling the cache) are excluded; each
@@ -83,9 +92,10 @@ PROFILES = {
 # Which fast paths the optimised configuration uses on each device (see module docstring);
 # on CPU, bfloat16 only where the CPU has bfloat16 dot-product instructions.
 OPTIMISED = {
-    "cpu": dict(jit=False, mixed="off", device_data=True, cache=True, fold=True),
-    "cpu-bf16": dict(jit=False, mixed="bfloat16", device_data=True, cache=True, fold=True),
-    "gpu": dict(jit=True, mixed="bfloat16", device_data=True, cache=True, fold=True),
+    "cpu": dict(jit=False, mixed="off", device_data=True, cache=True, fold=True, shards=2),
+    "cpu-bf16": dict(jit=False, mixed="bfloat16", device_data=True, cache=True, fold=True,
+                     shards=2),
+    "gpu": dict(jit=True, mixed="bfloat16", device_data=True, cache=True, fold=True, shards=1),
 }
 
 
@@ -100,11 +110,14 @@ def cpu_has_bfloat16() -> bool:
 
 
 def optimised_options(kind: str) -> dict:
-    if kind == "cpu" and cpu_has_bfloat16():
-        return dict(OPTIMISED["cpu-bf16"])
-    return dict(OPTIMISED[kind])
+    options = dict(OPTIMISED["cpu-bf16" if kind == "cpu" and cpu_has_bfloat16() else kind])
+    if (os.cpu_count() or 1) < 2:
+        options["shards"] = 1  # one core: nothing to run the shards side by side
+    return options
+
+
 REFERENCE = dict(jit=False, mixed="off", device_data=False, cache=False, fold=False,
-                 host_augment=True)
+                 host_augment=True, shards=1)
 # The paper's CIFAR-10 schedule, for the GPU run-time projection.
 PROJECTION_EPOCHS = 300
 PROJECTION_TRAIN_SIZE = 50000
@@ -214,7 +227,8 @@ class Config:
     """One configuration of the training step: its method, iterator and options."""
 
     def __init__(self, name, profile: Profile, teacher, x, y, *, jit=False, mixed="off",
-                 device_data=False, cache=False, fold=False, host_augment=False, seed=0):
+                 device_data=False, cache=False, fold=False, host_augment=False, shards=1,
+                 seed=0):
         import keras
 
         from rslad_tf import models
@@ -225,8 +239,9 @@ class Config:
         from rslad_tf.train import MIXED_POLICIES, dtype_policy
 
         self.name = name
+        # shards: the attack shards of the process this configuration runs in (`_Layout`).
         self.options = dict(jit=jit, mixed=mixed, device_data=device_data, cache=cache,
-                            fold=fold, host_augment=host_augment)
+                            fold=fold, host_augment=host_augment, shards=shards)
         keras.utils.set_random_seed(seed)
         with dtype_policy(MIXED_POLICIES.get(mixed)):
             student = models.create(profile.student[0], profile.num_classes,
@@ -276,20 +291,172 @@ class Config:
         self.method.student.trainable_variables[0].numpy()
 
 
-def _time_round_robin(configs, *, steps, repeats, batch_size, before=None):
-    """Per config: images/s of each of `repeats` timed rounds of `steps` steps, wall clock
-    and per CPU second of this process (robust to other processes on a shared machine)."""
-    wall = {c.name: [] for c in configs}
-    cpu = {c.name: [] for c in configs}
+# -- one process per thread layout ------------------------------------------------------
+# A process's TensorFlow thread pools are fixed once it starts, and the attack shards need
+# their own layout (inter-op = shards, intra-op = cores / shards) while the reference is
+# fastest with the default one (all cores intra-op). So each layout gets a child process;
+# the parent asks them in turn to time their configurations (round robin, as before), and
+# a process waits idle while another is timed.
+class _Layout:
+    """The configurations of one thread layout, built and timed in one (child) process."""
+
+    def __init__(self, profile: Profile, specs, seed: int = 0):
+        import keras
+
+        from rslad_tf import models
+
+        keras.utils.set_random_seed(seed)
+        self.profile = profile
+        self.x, self.y = make_data(profile)
+        self.teacher = models.create(profile.teacher[0], profile.num_classes,
+                                     input_shape=profile.image_shape, **profile.teacher[1])
+        self.teacher.trainable = False
+        self.configs = {name: Config(name, profile, self.teacher, self.x, self.y, **options)
+                        for name, options in specs}
+
+    def flops(self):
+        from rslad_tf import models
+
+        p = self.profile
+        student = models.create(p.student[0], p.num_classes, input_shape=p.image_shape,
+                                **p.student[1])
+        return model_flops(student), model_flops(self.teacher)
+
+    def warm_up(self, name):
+        """Trace / compile; with one variant per image (no augmentation) one epoch fills
+        the cache, as in training from the second epoch on. Returns seconds."""
+        config = self.configs[name]
+        epoch_steps = -(-self.profile.num_examples // self.profile.batch_size)
+        started = time.perf_counter()
+        fill = config.cache is not None and config.cache.variants == 1
+        config.run(max(3, epoch_steps) if fill else 3)
+        seconds = time.perf_counter() - started
+        if config.cache is not None:
+            config.cache.reset_counters()  # report the timed steps' hit rate only
+        return seconds
+
+    def time(self, name, steps, cache_state=None):
+        """(images/s wall clock, images per CPU second of this process) of `steps` steps;
+        ``cache_state`` "cold" empties the teacher cache first, "warm" marks it full."""
+        import tensorflow as tf
+
+        config = self.configs[name]
+        if cache_state == "cold":
+            config.cache.clear()
+        elif cache_state == "warm":
+            config.cache.filled.assign(tf.ones_like(config.cache.filled))  # timing only
+        start, start_cpu = time.perf_counter(), time.process_time()
+        config.run(steps)
+        images = steps * self.profile.batch_size
+        return (images / (time.perf_counter() - start),
+                images / max(time.process_time() - start_cpu, 1e-9))
+
+    def stats(self, name):
+        config = self.configs[name]
+        entry = {"folded": config.folded}
+        if config.cache is not None:
+            counters = config.cache.counters()
+            entry["cache_hit_rate"] = counters["hit_rate"]
+            entry["cache_teacher_row_fraction"] = (counters["teacher_rows"] / counters["lookups"]
+                                                   if counters["lookups"] else 0.0)
+            entry["cache_bytes"] = config.cache.nbytes
+            entry["cache_filled_fraction"] = config.cache.filled_fraction()
+            entry["cache_variants"] = config.cache.variants
+            entry["cache_buckets"] = config.cache.buckets
+        return entry
+
+    def eval_attack(self, name, *, jit, repeats, batches):
+        """PGD-k images/s on this configuration's student, always in float32."""
+        from rslad_tf import models
+
+        config, p = self.configs[name], self.profile
+        student = config.method.student
+        if config.options["mixed"] != "off":
+            student = models.create(p.student[0], p.num_classes, input_shape=p.image_shape,
+                                    **p.student[1])
+            student.set_weights(config.method.student.get_weights())
+        xs, ys = self.x[:p.eval_batch_size], self.y[:p.eval_batch_size]
+        return time_eval_attack(student, xs, ys, eps=p.epsilon, steps=p.eval_steps, jit=jit,
+                                repeats=repeats, batches=batches, batch_size=len(xs))
+
+
+def _serve(conn, shards: int, hide_gpu: bool, profile: Profile, specs) -> None:
+    """Child process: set up the thread layout, build the configurations, then answer
+    ``(method, args, kwargs)`` messages with ``("ok", value)`` or ``("error", traceback)``."""
+    import traceback
+
+    try:
+        import tensorflow as tf
+
+        if hide_gpu:
+            tf.config.set_visible_devices([], "GPU")
+        from rslad_tf import runtime
+
+        runtime.configure(attack_shards=shards)
+        layout = _Layout(profile, specs)
+        conn.send(("ok", None))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which raises
+        conn.send(("error", traceback.format_exc()))
+        return
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        method, args, kwargs = message
+        try:
+            conn.send(("ok", getattr(layout, method)(*args, **kwargs)))
+        except BaseException:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+
+
+class _LayoutProcess:
+    """Parent-side handle of one `_serve` child."""
+
+    def __init__(self, shards: int, hide_gpu: bool, profile: Profile, specs):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # never fork a TensorFlow process
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, daemon=True,
+                                       args=(child, shards, hide_gpu, profile, list(specs)))
+        self.process.start()
+        child.close()
+        self._reply()
+
+    def call(self, method, *args, **kwargs):
+        self.conn.send((method, args, kwargs))
+        return self._reply()
+
+    def _reply(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"benchmark worker died (exit code {self.process.exitcode})")
+        if status == "error":
+            raise RuntimeError(f"benchmark worker failed:\n{value}")
+        return value
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+def _time_round_robin(workers, names, *, steps, repeats, cache_state=None):
+    """Per configuration: images/s of each of `repeats` timed rounds of `steps` steps, wall
+    clock and per CPU second of its process (robust to other processes on a shared
+    machine). Every round times every configuration back to back."""
+    wall = {name: [] for name in names}
+    cpu = {name: [] for name in names}
     for _ in range(repeats):
-        for config in configs:
-            if before is not None:
-                before(config)
-            start, start_cpu = time.perf_counter(), time.process_time()
-            config.run(steps)
-            wall[config.name].append(steps * batch_size / (time.perf_counter() - start))
-            cpu[config.name].append(steps * batch_size / max(time.process_time() - start_cpu,
-                                                             1e-9))
+        for name in names:
+            w, c = workers[name].call("time", name, steps, cache_state)
+            wall[name].append(w)
+            cpu[name].append(c)
     return wall, cpu
 
 
@@ -302,6 +469,8 @@ def _describe(options: dict) -> str:
         parts.append("host augmentation")
     if options.get("fold"):
         parts.append("folded BN attack")
+    if options.get("shards", 1) > 1:
+        parts.append(f"{options['shards']} attack shards")
     return ", ".join(parts)
 
 
@@ -338,10 +507,9 @@ def run(device: str | None = None, *, quick: bool = False, steps: int | None = N
         repeats: int | None = None, ablations: bool | None = None, profile: Profile = None,
         optimised: dict | None = None, cache_buckets: int | None = None, log=print) -> dict:
     """Measure; returns the figures as a dict (what ``--json`` writes). ``profile`` and
-    ``optimised`` override the device's defaults (tests use tiny ones)."""
+    ``optimised`` override the device's defaults (tests use tiny ones). The
+    configurations run in child processes, one per thread layout (`_Layout`)."""
     import tensorflow as tf
-
-    from rslad_tf import models
 
     has_gpu = bool(tf.config.list_physical_devices("GPU"))
     kind = device or ("gpu" if has_gpu else "cpu")
@@ -358,139 +526,113 @@ def run(device: str | None = None, *, quick: bool = False, steps: int | None = N
     # Ablations (each fast path alone) by default on CPU only: on GPU each XLA configuration
     # is another compilation of the whole step (minutes for ResNet-18 + WRN-34-10).
     ablations = (not quick and kind == "cpu") if ablations is None else ablations
-    x, y = make_data(profile)
-    teacher = models.create(profile.teacher[0], profile.num_classes,
-                            input_shape=profile.image_shape, **profile.teacher[1])
-    teacher.trainable = False
-    f_student = model_flops(models.create(profile.student[0], profile.num_classes,
-                                          input_shape=profile.image_shape, **profile.student[1]))
-    f_teacher = model_flops(teacher)
     optimised = optimised_options(kind) if optimised is None else dict(optimised)
+    optimised.setdefault("shards", 1)
     log(f"device: {kind.upper()} ({_device_name(kind)}); TensorFlow {tf.__version__}")
     log(f"profile {profile.name}: student {profile.student[0]} {profile.student[1] or ''}, "
         f"teacher {profile.teacher[0]} {profile.teacher[1] or ''}, batch {profile.batch_size}, "
         f"images {profile.image_shape}, {profile.attack_steps}-step attack, "
         f"N = {profile.num_examples}; timing: median of {repeats} x {steps} steps")
 
-    configs = [Config("reference", profile, teacher, x, y, **REFERENCE),
-               Config("optimised", profile, teacher, x, y, **optimised)]
+    specs = [("reference", dict(REFERENCE)), ("optimised", optimised)]
     if ablations:
         for key, label in (("device_data", "+ device data"), ("cache", "+ teacher cache"),
                            ("fold", "+ folded BN attack"), ("mixed", "+ bfloat16"),
-                           ("jit", "+ XLA")):
+                           ("shards", "+ attack shards"), ("jit", "+ XLA")):
             if key == "jit" and kind == "cpu" and quick:
                 continue
+            if key == "shards" and optimised["shards"] == 1:
+                continue
             options = dict(REFERENCE)
-            options[key] = "bfloat16" if key == "mixed" else True
+            options[key] = {"mixed": "bfloat16", "shards": optimised["shards"]}.get(key, True)
             if key in ("device_data", "cache"):
                 options["host_augment"] = False  # in-step augmentation (needed for the ids)
-            configs.append(Config(label, profile, teacher, x, y, **options))
+            specs.append((label, options))
         if optimised["mixed"] == "off":
-            configs.append(Config("optimised + bfloat16", profile, teacher, x, y,
-                                  **dict(optimised, mixed="bfloat16")))
+            specs.append(("optimised + bfloat16", dict(optimised, mixed="bfloat16")))
         else:
-            configs.append(Config("optimised, float32", profile, teacher, x, y,
-                                  **dict(optimised, mixed="off")))
+            specs.append(("optimised, float32", dict(optimised, mixed="off")))
 
-    # Warm-up: trace / compile; with one variant per image (no augmentation) one epoch
-    # fills the cache, as in training from the second epoch on.
-    epoch_steps = -(-profile.num_examples // profile.batch_size)
-    for config in configs:
-        started = time.perf_counter()
-        fill = config.cache is not None and config.cache.variants == 1
-        config.run(max(3, epoch_steps) if fill else 3)
-        config.warmup_s = time.perf_counter() - started
-        log(f"  warm-up (tracing / compiling) {config.name}: {config.warmup_s:.1f} s")
-        if config.cache is not None:
-            config.cache.reset_counters()  # report the timed steps' hit rate only
+    layouts = sorted({options["shards"] for _, options in specs})
+    processes = {}
+    try:
+        for shards in layouts:
+            processes[shards] = _LayoutProcess(
+                shards, kind == "cpu" and has_gpu, profile,
+                [(n, o) for n, o in specs if o["shards"] == shards])
+        workers = {name: processes[options["shards"]] for name, options in specs}
+        names = [name for name, _ in specs]
+        f_student, f_teacher = workers["reference"].call("flops")
+        warmup = {}
+        for name in names:
+            warmup[name] = workers[name].call("warm_up", name)
+            log(f"  warm-up (tracing / compiling) {name}: {warmup[name]:.1f} s")
+        samples, cpu_samples = _time_round_robin(workers, names, steps=steps, repeats=repeats)
+        stats = {name: workers[name].call("stats", name) for name in names}
 
-    samples, cpu_samples = _time_round_robin(configs, steps=steps, repeats=repeats,
-                                             batch_size=profile.batch_size)
+        # Cache cold / warm (the GPU profile's augmentation has 162 variants per image: one
+        # warm-up epoch cannot fill it; time the two extremes and project a run from them).
+        cold_warm = None
+        if (stats["optimised"].get("cache_variants")
+                and profile.augment_padding + int(profile.augment_flip) > 0):
+            cold_warm = [statistics.median(_time_round_robin(
+                workers, ["optimised"], steps=steps, repeats=repeats,
+                cache_state=state)[0]["optimised"]) for state in ("cold", "warm")]
+
+        # Evaluation attack: PGD-20 in float32 (evaluation never runs in mixed precision).
+        eval_batches = 2 if quick else 4
+        eval_ref, eval_ref_s = workers["reference"].call(
+            "eval_attack", "reference", jit=False, repeats=repeats, batches=eval_batches)
+        eval_opt, eval_opt_s = workers["optimised"].call(
+            "eval_attack", "optimised", jit=optimised["jit"], repeats=repeats,
+            batches=eval_batches)
+    finally:
+        for process in processes.values():
+            process.close()
+
     result = {
         "device": kind, "device_name": _device_name(kind), "profile": dataclasses.asdict(profile),
         "tensorflow": tf.__version__, "steps": steps, "repeats": repeats,
-        "load_average_before": load_before,
+        "load_average_before": load_before, "thread_layouts": {
+            str(shards): _thread_layout(shards) for shards in layouts},
         "student_forward_flops": f_student, "teacher_forward_flops": f_teacher,
         "train_step": {}, "eval_attack": {},
     }
-    for config in configs:
-        entry = {"images_per_s": statistics.median(samples[config.name]),
-                 "samples": samples[config.name],
-                 "images_per_cpu_s": statistics.median(cpu_samples[config.name]),
-                 "cpu_samples": cpu_samples[config.name],
-                 "options": config.options, "describe": _describe(config.options),
-                 "warmup_s": round(config.warmup_s, 2), "folded": config.folded}
-        if config.cache is not None:
-            counters = config.cache.counters()
-            entry["cache_hit_rate"] = counters["hit_rate"]
-            entry["cache_teacher_row_fraction"] = (counters["teacher_rows"] / counters["lookups"]
-                                                   if counters["lookups"] else 0.0)
-            entry["cache_bytes"] = config.cache.nbytes
-            entry["cache_filled_fraction"] = config.cache.filled_fraction()
-        result["train_step"][config.name] = entry
-    ref = result["train_step"]["reference"]["images_per_s"]
-    ref_cpu = result["train_step"]["reference"]["images_per_cpu_s"]
-    ref_samples = result["train_step"]["reference"]["samples"]
-    for name, entry in result["train_step"].items():
-        entry["ratio"] = entry["images_per_s"] / ref
-        entry["cpu_ratio"] = entry["images_per_cpu_s"] / ref_cpu
+    ref_samples, ref_cpu_samples = samples["reference"], cpu_samples["reference"]
+    for name, options in specs:
+        entry = {"images_per_s": statistics.median(samples[name]), "samples": samples[name],
+                 "images_per_cpu_s": statistics.median(cpu_samples[name]),
+                 "cpu_samples": cpu_samples[name], "options": options,
+                 "describe": _describe(options), "warmup_s": round(warmup[name], 2)}
+        entry.update({k: v for k, v in stats[name].items()
+                      if k not in ("cache_variants", "cache_buckets")})
+        entry["ratio"] = entry["images_per_s"] / statistics.median(ref_samples)
+        entry["cpu_ratio"] = entry["images_per_cpu_s"] / statistics.median(ref_cpu_samples)
         # Median of the per-round ratios: each round times every configuration back to
         # back, so a round's ratio is the least affected by load drift on a shared machine.
         entry["paired_ratio"] = statistics.median(
-            a / b for a, b in zip(entry["samples"], ref_samples))
+            a / b for a, b in zip(samples[name], ref_samples))
         teacher_fraction = entry.get("cache_teacher_row_fraction", 1.0)
         entry["tflops"] = (entry["images_per_s"]
                            * step_flops(f_student, f_teacher, profile.attack_steps,
                                         teacher_fraction) / 1e12)
+        result["train_step"][name] = entry
+    if cold_warm is not None:
+        opt_stats = stats["optimised"]
+        result["train_step"]["optimised"]["cache_cold_images_per_s"] = cold_warm[0]
+        result["train_step"]["optimised"]["cache_warm_images_per_s"] = cold_warm[1]
+        result["projection"] = project_run(
+            profile, result["train_step"]["reference"]["images_per_s"], cold_warm[0],
+            cold_warm[1], opt_stats["cache_variants"], opt_stats["cache_buckets"])
 
-    # Cache cold / warm (the GPU profile's augmentation has 162 variants per image: one
-    # warm-up epoch cannot fill it; time the two extremes and project a run from them).
-    opt = next(c for c in configs if c.name == "optimised")
-    if opt.cache is not None and profile.augment_padding + int(profile.augment_flip) > 0:
-        import tensorflow as tf
-
-        def cold(config):
-            config.cache.clear()
-
-        def warm(config):
-            config.cache.filled.assign(tf.ones_like(config.cache.filled))  # timing only
-
-        cold_rate, _ = _time_round_robin([opt], steps=steps, repeats=repeats,
-                                         batch_size=profile.batch_size, before=cold)
-        warm_rate, _ = _time_round_robin([opt], steps=steps, repeats=repeats,
-                                         batch_size=profile.batch_size, before=warm)
-        cold_rate = {k: statistics.median(v) for k, v in cold_rate.items()}
-        warm_rate = {k: statistics.median(v) for k, v in warm_rate.items()}
-        result["train_step"]["optimised"]["cache_cold_images_per_s"] = cold_rate["optimised"]
-        result["train_step"]["optimised"]["cache_warm_images_per_s"] = warm_rate["optimised"]
-        result["projection"] = project_run(profile, ref, cold_rate["optimised"],
-                                           warm_rate["optimised"], opt.cache.variants,
-                                           opt.cache.buckets)
-
-    # Evaluation attack: PGD-20 in float32 (evaluation never runs in mixed precision).
-    eval_student = opt.method.student
-    if opt.options["mixed"] != "off":
-        eval_student = models.create(profile.student[0], profile.num_classes,
-                                     input_shape=profile.image_shape, **profile.student[1])
-        eval_student.set_weights(opt.method.student.get_weights())
-    eval_batches = 2 if quick else 4
-    xs, ys = x[:profile.eval_batch_size], y[:profile.eval_batch_size]
-    eval_ref, eval_ref_s = time_eval_attack(eval_student, xs, ys, eps=profile.epsilon,
-                                            steps=profile.eval_steps, jit=False,
-                                            repeats=repeats, batches=eval_batches,
-                                            batch_size=len(xs))
-    eval_jit = optimised["jit"]
-    eval_opt, eval_opt_s = (time_eval_attack(eval_student, xs, ys, eps=profile.epsilon,
-                                             steps=profile.eval_steps, jit=True,
-                                             repeats=repeats, batches=eval_batches,
-                                             batch_size=len(xs))
-                            if eval_jit else (eval_ref, eval_ref_s))
     pgd_flops = profile.eval_steps * 2 * f_student
     result["eval_attack"] = {
-        "attack": f"PGD-{profile.eval_steps} (CE, uniform start), float32, batch {len(xs)}",
+        "attack": f"PGD-{profile.eval_steps} (CE, uniform start), float32, "
+                  f"batch {min(profile.eval_batch_size, profile.num_examples)}",
         "reference": {"images_per_s": eval_ref, "samples": eval_ref_s, "jit_compile": False,
-                      "tflops": eval_ref * pgd_flops / 1e12},
-        "optimised": {"images_per_s": eval_opt, "samples": eval_opt_s, "jit_compile": eval_jit,
+                      "shards": 1, "tflops": eval_ref * pgd_flops / 1e12},
+        "optimised": {"images_per_s": eval_opt, "samples": eval_opt_s,
+                      "jit_compile": optimised["jit"], "shards": optimised["shards"],
                       "tflops": eval_opt * pgd_flops / 1e12},
         "ratio": eval_opt / eval_ref,
     }
@@ -499,6 +641,13 @@ def run(device: str | None = None, *, quick: bool = False, steps: int | None = N
     result["load_average_after"] = _load_average()
     report(result, log=log)
     return result
+
+
+def _thread_layout(shards: int) -> str:
+    cores = int(os.environ.get("RSLAD_TF_THREADS", "0")) or os.cpu_count() or 1
+    if shards > 1:
+        return f"{shards} attack shards, inter-op {shards}, intra-op {max(1, cores // shards)}"
+    return f"no attack shards, intra-op {cores}, inter-op {1 if cores <= 2 else 2}"
 
 
 def _eval_epochs(epochs=PROJECTION_EPOCHS):
@@ -640,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rslad_tf.bench",
         description="Images/s of the RSLAD training step and the PGD-20 evaluation attack: "
-                    "reference configuration vs optimised, in one process.")
+                    "reference configuration vs optimised, timed side by side.")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     parser.add_argument("--quick", action="store_true",
                         help="fewer steps and repeats, no ablations (a smoke run)")

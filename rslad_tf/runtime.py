@@ -4,25 +4,65 @@ from __future__ import annotations
 
 import os
 
+SHARD_CHOICES = "auto or a positive integer"
 
-def configure(threads: int | None = None) -> None:
-    """Quiet TensorFlow's C++ logs and size its thread pools to the machine.
+
+def parse_attack_shards(value) -> int | str:
+    """``"auto"`` or a positive integer, from a command-line string (ValueError otherwise)."""
+    if value in (None, "auto"):
+        return "auto"
+    try:
+        shards = int(value)
+    except (TypeError, ValueError):
+        shards = 0
+    if shards < 1 or str(value).strip() != str(shards):
+        raise ValueError(f"attack shards must be {SHARD_CHOICES}, got {value!r}")
+    return shards
+
+
+def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
+    """Quiet TensorFlow's C++ logs and size its thread pools to the machine; returns the
+    number of attack shards in effect.
 
     Oversubscribed thread pools make CPU runs many times slower on small machines;
-    ``RSLAD_TF_THREADS`` (or ``threads``) sets the intra-op pool, inter-op stays at 1-2.
+    ``RSLAD_TF_THREADS`` (or ``threads``) is the number of cores to use.
+
+    ``attack_shards``: PGD cuts each batch into this many pieces that run at the same time
+    (`rslad_tf.attacks.pgd.pgd_graph`); the cores are then split between them: inter-op
+    pool = shards, intra-op pool = cores // shards. "auto" is 2 on a machine without a GPU
+    and with at least 2 cores (the small convolutions of a PGD step use two cores poorly
+    through intra-op threads: README "Speed"), else 1. With 1: intra-op = cores, inter-op
+    1-2. If TensorFlow is already initialised the pools cannot change, and shards are 1
+    unless the existing inter-op pool can run them.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    threads = threads or int(os.environ.get("RSLAD_TF_THREADS", "0")) or os.cpu_count() or 1
+    from rslad_tf.attacks.pgd import resolve_shards, set_shards
+
+    cores = threads or int(os.environ.get("RSLAD_TF_THREADS", "0")) or os.cpu_count() or 1
+    gpus = tf.config.list_physical_devices("GPU")
+    if attack_shards == "auto":
+        attack_shards = 2 if not gpus and cores >= 2 else 1
+    attack_shards = resolve_shards(int(attack_shards))
     # Let a torch-backend child process (reference AutoAttack) share the GPU.
-    for gpu in tf.config.list_physical_devices("GPU"):
+    for gpu in gpus:
         try:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # already initialised
+    if attack_shards > 1:
+        intra, inter = max(1, cores // attack_shards), attack_shards
+    else:
+        intra, inter = cores, (1 if cores <= 2 else 2)
     try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(1 if threads <= 2 else 2)
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:
-        pass  # already initialised in this process: keep what is set
+        # Already initialised in this process: keep what is set. Shards that the inter-op
+        # pool cannot run side by side would only queue, so fall back to one.
+        current = tf.config.threading.get_inter_op_parallelism_threads()
+        if current and current < attack_shards:
+            attack_shards = 1
+    set_shards(attack_shards)
+    return attack_shards

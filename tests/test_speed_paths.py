@@ -344,6 +344,121 @@ def test_float16_loss_scaling_matches_float32_update(digits_data):
     assert np.linalg.norm(b) == pytest.approx(np.linalg.norm(a), rel=0.02)
 
 
+# -- attack shards ----------------------------------------------------------------------
+@pytest.fixture
+def default_shards():
+    yield pgd_module.set_shards
+    pgd_module.set_shards(1)
+
+
+def _attack_fn(model, loss, start, steps=3):
+    seed = tf.constant([3, 4], tf.int64)
+
+    @tf.function
+    def attack(x, y, probs, count):
+        return pgd_module.pgd_graph(
+            model, x, y, probs if loss == "kl" else None, eps=EPS, step_size=EPS / 4,
+            steps=steps, loss=loss, start=start, seed=None if start == "none" else seed,
+            shards=count, return_zero_fraction=True)
+
+    return attack
+
+
+ATTACK_KINDS = (("ce", "uniform"), ("kl", "normal"), ("cw", "none"))
+
+
+@pytest.mark.parametrize("n", [64, 128])
+def test_sharded_attack_is_bit_identical_at_training_batch_sizes(trained_digits_model,
+                                                                 digits_data, n):
+    """Two shards of a training batch give the same adversarial images and zero-gradient
+    fraction as the whole batch, bit for bit (eager `pgd` too)."""
+    (x, y), _ = digits_data
+    x, y = tf.constant(x[:n]), tf.constant(y[:n])
+    probs = tf.nn.softmax(trained_digits_model(x), axis=-1)
+    for loss, start in ATTACK_KINDS:
+        attack = _attack_fn(trained_digits_model, loss, start)
+        (whole, zeros_whole), (split, zeros_split) = attack(x, y, probs, 1), attack(x, y, probs, 2)
+        np.testing.assert_array_equal(split.numpy(), whole.numpy(), err_msg=loss)
+        assert float(zeros_split) == float(zeros_whole)
+    eager = [attacks.pgd(trained_digits_model, x, y, eps=EPS, steps=3, seed=5, shards=count)
+             for count in (1, 2)]
+    np.testing.assert_array_equal(eager[0].numpy(), eager[1].numpy())
+
+
+@pytest.mark.parametrize("n, shards, sizes", [(7, 3, (3, 3, 1)), (2, 4, (1, 1, 0, 0))])
+def test_uneven_and_empty_shards(trained_digits_model, digits_data, n, shards, sizes):
+    """Uneven pieces (and empty ones when the batch is smaller than the shard count): the
+    random start is drawn for the whole batch, and each piece is attacked as that piece
+    alone and put back in order. (Against the whole batch the images can differ in the
+    last bit: CPU kernels may round differently at another batch size, and a near-zero
+    gradient can then change sign.)"""
+    (x, y), _ = digits_data
+    x, y = tf.constant(x[:n]), tf.constant(y[:n])
+    probs = tf.nn.softmax(trained_digits_model(x), axis=-1)
+    for loss, start in ATTACK_KINDS:
+        starts = [_attack_fn(trained_digits_model, loss, start, steps=0)(x, y, probs, count)[0]
+                  for count in (1, shards)]
+        np.testing.assert_array_equal(starts[0].numpy(), starts[1].numpy(), err_msg=loss)
+        split, _ = _attack_fn(trained_digits_model, loss, start)(x, y, probs, shards)
+        assert split.shape == x.shape
+        assert float(tf.reduce_max(tf.abs(split - x))) <= EPS + 1e-6
+        assert 0.0 <= float(tf.reduce_min(split)) and float(tf.reduce_max(split)) <= 1.0
+    attack = _attack_fn(trained_digits_model, "cw", "none")
+    split, _ = attack(x, y, probs, shards)
+    bounds = np.cumsum((0,) + sizes)
+    pieces = [attack(x[lo:hi], y[lo:hi], probs[lo:hi], 1)[0]
+              for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    np.testing.assert_array_equal(split.numpy(), tf.concat(pieces, 0).numpy())
+
+
+def test_sharded_training_attack_trains_bit_identically(trained_digits_model, digits_data,
+                                                        default_shards):
+    """RSLAD with its attack in 2 shards (the process default the train CLI sets) trains
+    the same student bit for bit over a whole digits epoch (its last batch of 3 too); ARD's train-mode BatchNorm attack is never sharded (its
+    batch statistics would change), so it is unaffected too."""
+    from rslad_tf.methods import ARDModel
+
+    (x, y), _ = digits_data
+    results = {}
+    for shards in (1, 2):
+        default_shards(shards)
+        ds = make_dataset(x, y, 64, shuffle=True, seed=0)  # 21 batches + one of 3
+        rslad = _rslad(trained_digits_model)
+        rslad.fit(ds, epochs=1, verbose=0)
+        ard = ARDModel(_cnn(4), trained_digits_model, epsilon=EPS, step_size=EPS / 4,
+                       attack_steps=2, attack_batchnorm="train")
+        ard.compile(optimizer=keras.optimizers.SGD(0.05))
+        ard.fit(ds, epochs=1, verbose=0)
+        results[shards] = _weights(rslad.student) + _weights(ard.student)
+    for a, b in zip(results[1], results[2]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_attack_shards_setting():
+    from rslad_tf import runtime
+
+    assert runtime.parse_attack_shards("auto") == "auto"
+    assert runtime.parse_attack_shards("3") == 3
+    for bad in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ValueError, match="auto or a positive integer"):
+            runtime.parse_attack_shards(bad)
+    with pytest.raises(ValueError):
+        pgd_module.set_shards(0)
+    # This process' pools are already set (inter-op 1): shards would only queue, so the
+    # runtime keeps one.
+    assert runtime.configure(attack_shards=2) == 1
+    assert pgd_module.resolve_shards() == 1
+
+
+def test_train_cli_rejects_bad_attack_shards(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = run_cli(train.main, ["--preset", "digits-sat", "--attack-shards", "0", "--out",
+                                str(out)] + FAST)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--attack-shards" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 # -- the command line and the run directory ----------------------------------------------
 FAST = ["--epochs", "1", "--max-steps", "3", "--eval-n-examples", "32", "--no-final-eval"]
 

@@ -64,7 +64,7 @@ def random_start(x, eps, start: str, seed):
 
 def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps,
               loss: str = "ce", start: str = "uniform", seed=None, kappa=50.0,
-              objective_scale=1.0, return_zero_fraction: bool = False):
+              objective_scale=1.0, return_zero_fraction: bool = False, shards=None):
     """Graph-mode PGD: call inside ``tf.function`` / ``train_step``. Returns x_adv [B,H,W,C].
 
     ``eps``, ``step_size``, ``steps`` and ``kappa`` may be Python numbers or scalar tensors;
@@ -75,6 +75,12 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
     nothing in exact arithmetic, but it keeps float16 input gradients from underflowing to
     zero. ``return_zero_fraction=True`` returns ``(x_adv, fraction)``: the fraction of input
     gradient entries that were exactly zero over all steps (a zero gives a zero step).
+
+    ``shards`` (None: the process default of `set_shards`): the batch is cut into this many
+    contiguous pieces, each ascended by its own graph loop, so that TensorFlow's inter-op
+    threads run them at the same time (one CPU core each). Exact for a model in inference
+    mode: the objective is a sum over examples, so each example's gradient depends on that
+    example alone, and the random start is drawn for the whole batch first.
     """
     _check(loss, start)
     x = tf.convert_to_tensor(x, tf.float32)
@@ -87,39 +93,83 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
         seed = tf.cast(seed, tf.int64)
     lower = tf.maximum(x - eps, 0.0)
     upper = tf.minimum(x + eps, 1.0)
-
+    steps = tf.cast(steps, tf.int32)
     scaled = not (isinstance(objective_scale, (int, float)) and objective_scale == 1.0)
 
-    def gradient(x_adv):
-        with tf.GradientTape(watch_accessed_variables=False) as tape:
-            tape.watch(x_adv)
-            value = objective(loss, model(x_adv, training=False), labels, target_probs, kappa)
-            if scaled:
-                value = value * tf.cast(objective_scale, tf.float32)
-        return tape.gradient(value, x_adv)
+    def ascend(x_adv, lower, upper, labels, target_probs):
+        """`steps` signed-gradient steps from x_adv; returns (x_adv, number of zero
+        gradient entries)."""
 
-    def step(i, x_adv):
-        grad = gradient(x_adv)
-        x_adv = tf.clip_by_value(x_adv + step_size * tf.sign(grad), lower, upper)
-        return i + 1, tf.stop_gradient(x_adv)
+        def gradient(x_adv):
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(x_adv)
+                value = objective(loss, model(x_adv, training=False), labels, target_probs,
+                                  kappa)
+                if scaled:
+                    value = value * tf.cast(objective_scale, tf.float32)
+            return tape.gradient(value, x_adv)
+
+        def step(i, x_adv, zeros):
+            grad = gradient(x_adv)
+            if return_zero_fraction:
+                zeros = zeros + tf.reduce_sum(tf.cast(tf.equal(grad, 0.0), tf.float32))
+            x_adv = tf.clip_by_value(x_adv + step_size * tf.sign(grad), lower, upper)
+            return i + 1, tf.stop_gradient(x_adv), zeros
+
+        _, x_adv, zeros = tf.while_loop(lambda i, *_: i < steps, step,
+                                        (tf.constant(0, tf.int32), x_adv, tf.constant(0.0)))
+        return x_adv, zeros
 
     x_adv = random_start(x, eps, start, seed)
-    steps = tf.cast(steps, tf.int32)
+    shards = resolve_shards(shards)
+    if shards == 1:
+        x_adv, zeros = ascend(x_adv, lower, upper, labels, target_probs)
+    else:
+        pieces, zeros = [], tf.constant(0.0)
+        for lo, hi in _shard_bounds(tf.shape(x)[0], shards):
+            def part(t):
+                return None if t is None else t[lo:hi]
+
+            args = (part(x_adv), part(lower), part(upper), part(labels), part(target_probs))
+            # An empty piece (batch smaller than the shard count) is left alone: some
+            # kernels (oneDNN's BatchNorm) refuse empty batches.
+            piece, piece_zeros = tf.cond(hi > lo, lambda args=args: ascend(*args),
+                                         lambda args=args: (args[0], tf.constant(0.0)))
+            pieces.append(piece)
+            zeros = zeros + piece_zeros
+        x_adv = tf.concat(pieces, axis=0)
     if not return_zero_fraction:
-        _, x_adv = tf.while_loop(lambda i, _: i < steps, step,
-                                 (tf.constant(0, tf.int32), x_adv))
         return x_adv
-
-    def counting_step(i, x_adv, zeros):
-        grad = gradient(x_adv)
-        zeros = zeros + tf.reduce_sum(tf.cast(tf.equal(grad, 0.0), tf.float32))
-        x_adv = tf.clip_by_value(x_adv + step_size * tf.sign(grad), lower, upper)
-        return i + 1, tf.stop_gradient(x_adv), zeros
-
-    _, x_adv, zeros = tf.while_loop(lambda i, *_: i < steps, counting_step,
-                                    (tf.constant(0, tf.int32), x_adv, tf.constant(0.0)))
     total = tf.cast(steps, tf.float32) * tf.cast(tf.size(x_adv), tf.float32)
     return x_adv, tf.math.divide_no_nan(zeros, total)
+
+
+def _shard_bounds(batch, shards: int):
+    """(start, end) of each of `shards` contiguous pieces of a batch of (tensor) size
+    `batch`; pieces at the end are empty when the batch is smaller than `shards`."""
+    size = (batch + shards - 1) // shards
+    return [(tf.minimum(k * size, batch), tf.minimum((k + 1) * size, batch))
+            for k in range(shards)]
+
+
+_shards_default = 1
+
+
+def set_shards(shards: int) -> None:
+    """Process-wide default of ``pgd_graph(..., shards=None)`` (see `pgd_graph`); set by
+    `rslad_tf.runtime.configure` together with the thread pools that run the shards."""
+    global _shards_default
+    _shards_default = _valid_shards(shards)
+
+
+def resolve_shards(shards=None) -> int:
+    return _shards_default if shards is None else _valid_shards(shards)
+
+
+def _valid_shards(shards) -> int:
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"attack shards must be a positive integer, got {shards!r}")
+    return shards
 
 
 _compiled = tf.function(pgd_graph, reduce_retracing=True)
@@ -158,7 +208,7 @@ def resolve_seed(seed):
 
 
 def pgd(model, x, y=None, *, eps, steps=10, step_size=None, loss="ce", start="uniform",
-        target_probs=None, seed=None, kappa=50.0, jit_compile=None):
+        target_probs=None, seed=None, kappa=50.0, jit_compile=None, shards=None):
     """L-infinity PGD (Madry et al. 2018) with a pluggable objective and random start.
 
     Threat model: ``||x_adv - x||_inf <= eps``, x_adv in [0,1]. Defaults: 10 steps of
@@ -167,7 +217,7 @@ def pgd(model, x, y=None, *, eps, steps=10, step_size=None, loss="ce", start="un
     "kl"). ``seed``: int, keras ``SeedGenerator`` or None. Compiled with ``tf.function`` when
     called eagerly (with XLA if ``jit_compile`` resolves to True: None takes the process
     default of `set_jit_compile`, "auto" = XLA on GPU only); inlined when called inside a
-    graph (e.g. a ``train_step``).
+    graph (e.g. a ``train_step``). ``shards``: see `pgd_graph` (None: the process default).
     """
     _check(loss, start)
     if step_size is None:
@@ -186,7 +236,7 @@ def pgd(model, x, y=None, *, eps, steps=10, step_size=None, loss="ce", start="un
                         eps=tf.constant(eps, tf.float32),
                         step_size=tf.constant(step_size, tf.float32),
                         steps=tf.constant(steps, tf.int32), loss=loss, start=start, seed=seed_t,
-                        kappa=tf.constant(kappa, tf.float32))
+                        kappa=tf.constant(kappa, tf.float32), shards=resolve_shards(shards))
     seed_t = None
     if start != "none":
         if isinstance(seed, keras.random.SeedGenerator):
@@ -196,7 +246,7 @@ def pgd(model, x, y=None, *, eps, steps=10, step_size=None, loss="ce", start="un
         else:
             seed_t = tf.constant([int(seed), 0], tf.int64)
     return pgd_graph(model, x, y, target_probs, eps=eps, step_size=step_size, steps=steps,
-                     loss=loss, start=start, seed=seed_t, kappa=kappa)
+                     loss=loss, start=start, seed=seed_t, kappa=kappa, shards=shards)
 
 
 def fgsm(model, x, y, *, eps):

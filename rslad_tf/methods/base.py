@@ -287,15 +287,18 @@ class AdversarialMethod(keras.Model):
         """The training attack with this method's eps, step, steps and start."""
         start = self.attack_start if start is None else start
         seed = self.next_seed() if start != "none" else None
+        # Shards (process default) are exact only in inference mode: with train-mode
+        # BatchNorm each shard would normalise with its own batch statistics.
+        shards = 1 if self.attack_batchnorm == "train" else None
         if self.student_precision == "float32":
             return pgd_graph(self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
                              step_size=self.step_size, steps=self.attack_steps, loss=loss,
-                             start=start, seed=seed)
+                             start=start, seed=seed, shards=shards)
         scale = FLOAT16_ATTACK_OBJECTIVE_SCALE if self.student_precision == "float16" else 1.0
         x_adv, zero_fraction = pgd_graph(
             self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
             step_size=self.step_size, steps=self.attack_steps, loss=loss, start=start,
-            seed=seed, objective_scale=scale, return_zero_fraction=True)
+            seed=seed, objective_scale=scale, return_zero_fraction=True, shards=shards)
         self.zero_grad_tracker.update_state(zero_fraction)
         return x_adv
 
