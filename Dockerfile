@@ -11,10 +11,12 @@ FROM python:3.11-slim
 # extra at the TensorFlow version pinned in requirements.txt (those libraries are pinned
 # by TensorFlow itself). Without it TensorFlow runs on CPU.
 ARG TF_CUDA=0
-# pip reads this as an extra package index. PyPI's torch wheel for Linux bundles CUDA
-# (several GB); for a smaller CPU-only image build with
+# REFERENCE_AA=1 adds requirements-dev.txt: PyTorch and the reference AutoAttack, needed
+# only for `--autoattack reference` and `python -m rslad_tf.verify_autoattack` (the default
+# AutoAttack is the native TensorFlow one). PyPI's torch wheel for Linux bundles CUDA
+# (several GB); for a CPU-only torch add
 #   --build-arg PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
-# (the same pinned torch version, as its +cpu build).
+ARG REFERENCE_AA=0
 ARG PIP_EXTRA_INDEX_URL=
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -27,11 +29,12 @@ WORKDIR /opt/rslad_tf
 
 # Dependencies first, from the pinned file alone: this layer is rebuilt only when the
 # pins change, not on every code change.
-COPY requirements.txt ./
+COPY requirements.txt requirements-dev.txt ./
 RUN python -m pip install -r requirements.txt \
  && if [ "$TF_CUDA" = "1" ]; then \
         python -m pip install "tensorflow[and-cuda]==$(sed -n 's/^tensorflow==//p' requirements.txt)"; \
-    fi
+    fi \
+ && if [ "$REFERENCE_AA" = "1" ]; then python -m pip install -r requirements-dev.txt; fi
 
 # The package itself (rslad_tf, components, pipelines), without touching the pinned
 # dependencies; the import check fails the build instead of the first pipeline step.

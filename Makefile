@@ -1,9 +1,11 @@
 # Two commands: `make demo` and `make test`. Each creates .venv from the pinned
-# requirements when it is missing (or when requirements.txt changed).
+# requirements when it is missing (or when they changed); `make test` adds
+# requirements-dev.txt (pytest and the PyTorch reference AutoAttack the tests compare with).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test test-slow venv clean-demo
 
@@ -14,15 +16,19 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+venv: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m rslad_tf.demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
 clean-demo:

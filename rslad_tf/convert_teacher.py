@@ -100,8 +100,12 @@ def load_state_dict_file(path: str) -> dict:
     construct arbitrary objects are refused by torch. Accepts a raw state dict or a dict
     holding one under "state_dict" / "model_state_dict".
     """
-    import torch  # only here: the rest of the toolkit never imports torch
-
+    try:
+        import torch  # only here: the rest of the toolkit never imports torch
+    except ImportError:
+        raise ConversionError(
+            "reading a PyTorch checkpoint needs PyTorch, which is not installed: `pip install "
+            "-r requirements-dev.txt` (or `pip install rslad_tf[autoattack]`)") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
@@ -372,7 +376,9 @@ def main(argv=None) -> int:
     # to read the checkpoint anyway and `.keras` files are backend-independent, so the
     # command runs Keras on torch unless KERAS_BACKEND says otherwise: no TensorFlow
     # start-up (its C++ logs would bury a one-line error), and a faster start.
-    if "keras" not in sys.modules:
+    import importlib.util
+
+    if "keras" not in sys.modules and importlib.util.find_spec("torch") is not None:
         os.environ.setdefault("KERAS_BACKEND", "torch")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:

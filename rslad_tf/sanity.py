@@ -35,8 +35,7 @@ def zero_gradient_fraction(model, images, labels, batch_size: int = 256) -> floa
             tape.watch(x)
             loss = losses.cross_entropy(y, tf.cast(model(x, training=False), tf.float32),
                                         reduction="sum")
-        grad = tape.gradient(loss, x)
-        grad = tf.zeros_like(x) if grad is None else grad
+        grad = tape.gradient(loss, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         zero += int(tf.reduce_sum(tf.cast(
             tf.reduce_all(tf.equal(tf.reshape(grad, [tf.shape(x)[0], -1]), 0.0), axis=1),
             tf.int32)))

@@ -246,8 +246,8 @@ def main(argv=None) -> None:
     missing = [m for m in ("torch", "pyautoattack") if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"the reference implementation runs under PyTorch, but "
-                        f"{' and '.join(missing)} is not installed: `pip install "
-                        "rslad_tf[autoattack]`")
+                        f"{' and '.join(missing)} is not installed: `pip install -r "
+                        "requirements-dev.txt` (or `pip install rslad_tf[autoattack]`)")
     from rslad_tf.data import spec
 
     spec(args.dataset)

@@ -527,3 +527,22 @@ def test_python_dash_m_on_its_default_torch_backend(tmp_path):
         timeout=300)
     assert proc.returncode == 2
     assert "linear.weight" in _one_line(proc.stderr)
+
+
+def test_missing_torch_gives_one_line(small_trades, tmp_path, capsys, monkeypatch):
+    """PyTorch is optional (requirements-dev.txt): without it the converter says so."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("No module named 'torch'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    code, _, err = cli(capsys, small_trades[1], "--arch", "wrn34_10", "--out",
+                       tmp_path / "t.keras")
+    assert code == 2
+    assert "needs PyTorch" in _one_line(err) and "requirements-dev.txt" in _one_line(err)
+    assert not (tmp_path / "t.keras").exists()

@@ -53,7 +53,7 @@ def white_box(best):
 @pytest.fixture(scope="module")
 def with_aa(best):
     return ev.evaluate(best, attacks=["clean", "pgd_sat", "pgd_trades", "cw_inf", "autoattack",
-                                      "square"], n_examples=32, **FAST_AA)
+                                      "square"], n_examples=32, autoattack="reference", **FAST_AA)
 
 
 def test_json_holds_the_contract_keys_and_the_protocol_settings(white_box, best):
@@ -204,13 +204,14 @@ def _constant_model():
     return model
 
 
-def test_a_model_that_ignores_its_input_keeps_every_point_it_gets_right(digits_data):
+@pytest.mark.parametrize("impl", ev.AUTOATTACK_IMPLS)
+def test_a_model_that_ignores_its_input_keeps_every_point_it_gets_right(digits_data, impl):
     _, (_, y) = digits_data
     n = 60
     expected = 100.0 * np.mean(y[:n] == 0)
     assert expected > 0
     r = ev.evaluate(_constant_model(), attacks=list(ev.WHITE_BOX) + ["square"], n_examples=n,
-                    autoattack_version="custom",
+                    autoattack=impl, autoattack_version="custom",
                     autoattack_attacks=["apgd-ce", "apgd-t", "fab-t", "square"],
                     autoattack_options={"n_iter": 10, "n_target_classes": 3, "n_queries": 100})
     for name in list(ev.WHITE_BOX) + ["square"]:
@@ -340,7 +341,7 @@ def test_module_entry_point_error_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_standard_autoattack_on_a_few_points(best):
     r = ev.evaluate(best, attacks=["clean", "pgd_sat", "pgd_trades", "cw_inf", "autoattack"],
-                    n_examples=16)
+                    n_examples=16, autoattack="reference")
     info = r["attacks"]["autoattack"]
     assert info["version"] == "standard" and info["standard"] is True
     assert list(r["autoattack_per_attack"]) == ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -357,4 +358,20 @@ def test_missing_torch_is_a_user_error(trained_digits_model, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "pyautoattack" else real(name, *a))
     with pytest.raises(ev.UserError, match="pyautoattack is not installed"):
-        ev.evaluate(trained_digits_model, attacks=["autoattack"], n_examples=4)
+        ev.evaluate(trained_digits_model, attacks=["autoattack"], n_examples=4,
+                    autoattack="reference")
+
+
+def test_default_autoattack_needs_no_torch(trained_digits_model, monkeypatch):
+    """PyTorch is optional: the default (native) AutoAttack and Square run without it."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in (
+        "torch", "pyautoattack") else real(name, *a))
+    r = ev.evaluate(trained_digits_model, attacks=["clean", "autoattack", "square"],
+                    n_examples=8, autoattack_version="custom",
+                    autoattack_attacks=["apgd-ce", "square"],
+                    autoattack_options={"n_iter": 5, "n_queries": 20})
+    assert r["autoattack_impl"] == ev.DEFAULT_AUTOATTACK == "native"
+    assert 0.0 <= r["autoattack_acc"] <= r["clean_acc"]

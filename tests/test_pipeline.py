@@ -133,14 +133,14 @@ def test_compile_bad_output(tmp_path, capsys):
 
 
 # -- the image -------------------------------------------------------------------------
-def _requirements():
+def _requirements(name="requirements.txt"):
     pins = {}
-    with open(os.path.join(ROOT, "requirements.txt")) as f:
+    with open(os.path.join(ROOT, name)) as f:
         for line in f:
             line = line.split("#", 1)[0].strip()
             if line:
                 name, sep, version = line.partition("==")
-                assert sep, f"requirements.txt: {line!r} is not an exact pin"
+                assert sep, f"{name}: {line!r} is not an exact pin"
                 pins[name.lower()] = version
     return pins
 
@@ -159,8 +159,10 @@ def test_dockerfile_installs_exactly_the_pinned_requirements():
     assert any(re.search(r"pip install -r requirements\.txt$", c) for c in installs)
     assert any(re.search(r"pip install --no-deps \.$", c) for c in installs)
     pins = _requirements()
+    dev_pins = _requirements("requirements-dev.txt")  # exact pins too
+    assert "torch" in dev_pins and "torch" not in pins  # PyTorch is optional
     for cmd in installs:
-        if "-r requirements.txt" in cmd or "--no-deps ." in cmd:
+        if re.search(r"-r requirements(-dev)?\.txt$", cmd) or "--no-deps ." in cmd:
             continue
         # Anything else may only add TensorFlow's CUDA extra at the pinned version.
         assert "tensorflow[and-cuda]==$(sed -n 's/^tensorflow==//p' requirements.txt)" in cmd, cmd

@@ -47,3 +47,24 @@ def test_healthy_model_has_no_zero_gradient_warning(trained_digits_model):
 def test_accuracy_rising_with_steps_is_flagged(steps, warned):
     warnings = sanity.masking_warnings({"pgd_sat_acc": 30.0}, 0.0, steps)
     assert any("rises with more steps" in w for w in warnings) == warned
+
+
+class RoundOnly(keras.layers.Layer):
+    """Rounds pixels with no gradient path at all (TensorFlow returns None for it)."""
+
+    def call(self, x):
+        return keras.ops.round(x)
+
+
+def test_model_without_input_gradient_is_attacked_and_flagged(trained_digits_model):
+    """No gradient path to the input: the attacks take zero steps instead of failing, and
+    the sanity check names the masking."""
+    inputs = keras.Input((8, 8, 1))
+    masked = keras.Model(inputs, trained_digits_model(RoundOnly()(inputs)))
+    result = evaluate(masked, dataset="digits", n_examples=64,
+                      attacks=["clean", "fgsm", "pgd_sat", "cw_inf", "autoattack"],
+                      autoattack_version="custom", autoattack_attacks=["apgd-ce", "fab-t"],
+                      autoattack_options={"n_iter": 3, "n_target_classes": 2})
+    assert result["fgsm_acc"] == result["clean_acc"]  # no step without a gradient
+    assert result["sanity"]["zero_gradient_fraction"] == 1.0
+    assert any("all-zero input gradient" in w for w in result["sanity"]["warnings"])

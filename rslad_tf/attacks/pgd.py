@@ -107,7 +107,11 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
                                   kappa)
                 if scaled:
                     value = value * tf.cast(objective_scale, tf.float32)
-            return tape.gradient(value, x_adv)
+            # A model with no gradient path to its input (stop_gradient, integer casts)
+            # gets zero gradients, hence zero steps, instead of a crash; evaluation's
+            # sanity check then flags the masking.
+            return tape.gradient(value, x_adv,
+                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
         def step(i, x_adv, zeros):
             grad = gradient(x_adv)

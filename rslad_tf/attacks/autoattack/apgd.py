@@ -132,7 +132,7 @@ def apgd_graph(model, x, y, target, seed, eps, n_iter, k_first, k_min, k_decreas
             logits = _util.logits_fn(model, z)
             values = per_example_loss(loss_id, logits, y, target)
             total = tf.reduce_sum(values)
-        grad = tape.gradient(total, z)
+        grad = tape.gradient(total, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         correct = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
         return values, grad, correct
 

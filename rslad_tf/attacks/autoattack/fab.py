@@ -101,7 +101,7 @@ def fab_targeted_graph(model, x, start, y, target, n_iter, eps):
             logits = _util.logits_fn(model, z)
             f = tf.gather(logits, target, batch_dims=1) - tf.gather(logits, y, batch_dims=1)
             total = tf.reduce_sum(f)
-        return f, tape.gradient(total, z)
+        return f, tape.gradient(total, z, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def body(i, x1, best, dist):
         f, g = linearise(x1)
