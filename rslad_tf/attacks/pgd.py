@@ -78,9 +78,11 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
 
     ``shards`` (None: the process default of `set_shards`): the batch is cut into this many
     contiguous pieces, each ascended by its own graph loop, so that TensorFlow's inter-op
-    threads run them at the same time (one CPU core each). Exact for a model in inference
-    mode: the objective is a sum over examples, so each example's gradient depends on that
-    example alone, and the random start is drawn for the whole batch first.
+    threads run them at the same time (one CPU core each). For a model in inference mode
+    this is the same computation per example: the objective is a sum over examples, so each
+    example's gradient depends on that example alone, and the random start is drawn for the
+    whole batch first. Kernels may still round differently at another batch size (the
+    tests find it bit-identical at batches of 64 and 128, not at every odd size).
     """
     _check(loss, start)
     x = tf.convert_to_tensor(x, tf.float32)
