@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from rslad_tf import runtime
 from rslad_tf.errors import UserError, run_cli
 
 ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack",
@@ -640,6 +641,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--surrogate", help=".keras file the transfer attacks are crafted on")
     parser.add_argument("--autoattack-batch-size", type=int,
                         help="AutoAttack's batch size (default --batch-size)")
+    # Default 1: AutoAttack runs whole batches side by side, which pays only with several
+    # batches per attack (README "Speed"); a single batch is slower on one core.
+    runtime.add_attack_shards_argument(
+        parser, "cut each PGD batch into N pieces, and run N native AutoAttack batches, at "
+                "the same time", default="1")
     parser.add_argument("--autoattack", choices=AUTOATTACK_IMPLS,
                         help="AutoAttack / Square implementation: native (TensorFlow) or "
                              f"reference (pyautoattack under PyTorch); default "
@@ -654,6 +660,7 @@ def main(argv=None) -> None:
         raise UserError(f"checkpoint file {args.checkpoint!r} does not exist")
     if args.surrogate is not None and not os.path.isfile(args.surrogate):
         raise UserError(f"surrogate file {args.surrogate!r} does not exist")
+    attack_shards = runtime.attack_shards_from(args)
     attacks = validate_attacks(args.attacks, args.surrogate)
     _check_numbers(args.n_examples, args.batch_size, args.eps, args.autoattack_batch_size)
     if args.out and os.path.exists(args.out):
@@ -669,9 +676,7 @@ def main(argv=None) -> None:
     data_dir = args.data_dir or (run_config.get("data_dir")
                                  if dataset == run_config.get("dataset") else None)
 
-    from rslad_tf import runtime
-
-    runtime.configure()
+    runtime.configure(attack_shards=attack_shards)
     share_gpu_memory()
     result = evaluate(args.checkpoint, dataset=dataset, data_dir=data_dir, attacks=attacks,
                       n_examples=args.n_examples, batch_size=args.batch_size, eps=eps,

@@ -20,6 +20,24 @@ def parse_attack_shards(value) -> int | str:
     return shards
 
 
+def add_attack_shards_argument(parser, what: str, default: str = "auto") -> None:
+    """The ``--attack-shards {auto,N}`` option of a command line; ``what`` says what runs
+    N at a time."""
+    parser.add_argument("--attack-shards", default=default, metavar="{auto,N}",
+                        help=f"{what}, one per group of CPU cores (same results; auto: 2 on a "
+                             f"machine without a GPU, else 1; default {default})")
+
+
+def attack_shards_from(args) -> int | str:
+    """The parsed ``--attack-shards`` of `add_attack_shards_argument` (UserError if bad)."""
+    from rslad_tf.errors import UserError
+
+    try:
+        return parse_attack_shards(args.attack_shards)
+    except ValueError as exc:
+        raise UserError(f"--attack-shards: {exc}") from None
+
+
 def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
     """Quiet TensorFlow's C++ logs and size its thread pools to the machine; returns the
     number of attack shards in effect.

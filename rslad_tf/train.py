@@ -575,10 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--teacher-cache", action="store_true",
                        help="RSLAD: compute the teacher's logits once per (image, crop, flip) "
                             "and reuse them (exact)")
-    speed.add_argument("--attack-shards", default="auto", metavar="{auto,N}",
-                       help="cut each training-attack batch into N pieces run at the same "
-                            "time, one per group of CPU cores (exact; default auto: 2 on a "
-                            "machine without a GPU, else 1)")
+    runtime.add_attack_shards_argument(
+        speed, "cut each batch of the training attack into N pieces run at the same time")
     speed.add_argument("--fold-attack-bn", action="store_true",
                        help="run the training attack with BatchNorm folded into the "
                             "convolutions (same function up to float rounding)")
@@ -594,10 +592,7 @@ def main(argv=None) -> None:
     if not args.preset:
         parser.error("--preset is required (see --list-presets)")
     config = resolve_config(args)
-    try:
-        attack_shards = runtime.parse_attack_shards(args.attack_shards)
-    except ValueError as exc:
-        raise UserError(f"--attack-shards: {exc}") from None
+    attack_shards = runtime.attack_shards_from(args)
     out_dir = args.out or default_out_dir(config.preset, args.runs_dir)
     # Check the output location before any slow import or data loading.
     prepare_out_dir(out_dir, args.resume)

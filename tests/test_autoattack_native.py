@@ -169,6 +169,18 @@ def test_per_attack_flags_only_shrink_and_batches_do_not_matter(trained_digits_m
     np.testing.assert_array_equal(a["robust"], b["robust"])
 
 
+def test_batches_run_at_the_same_time_give_the_same_result(trained_digits_model, points):
+    """`workers` (the process's attack shards) only changes how many batches run at once:
+    each batch keeps its own random stream, so the points and verdicts are identical."""
+    x, y = points
+    runs = [aa.run(trained_digits_model, x, y, eps=EPS, seed=3, batch_size=8, version="custom",
+                   attacks=ALL, options=FAST, workers=workers) for workers in (1, 3)]
+    np.testing.assert_array_equal(runs[0]["x_adv"], runs[1]["x_adv"])
+    for name in ALL:
+        np.testing.assert_array_equal(runs[0]["per_attack"][name], runs[1]["per_attack"][name])
+    assert runs[0]["robust"].sum() < runs[0]["clean"].sum()
+
+
 def _constant_model():
     import keras
 

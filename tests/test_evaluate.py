@@ -295,6 +295,7 @@ def _cli(argv, capsys):
     (["--attacks", "transfer_pgd"], "surrogate"),
     (["--surrogate", "/nonexistent/s.keras"], "surrogate"),
     (["--dataset", "mnist"], "unknown dataset"),
+    (["--attack-shards", "0"], "--attack-shards"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(best, capsys, extra, message):
     code, out, err = _cli([best] + extra, capsys)

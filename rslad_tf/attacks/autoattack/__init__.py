@@ -94,9 +94,20 @@ def _attack_batch(name, model, x, y, *, eps, params, seed, stream, jit):
                          stream=stream, jit=jit)
 
 
+def _map_batches(fn, parts, workers: int):
+    """``[fn(i, part) for i, part in enumerate(parts)]``, with up to ``workers`` at a time
+    (threads: TensorFlow releases the GIL while its ops run)."""
+    if workers <= 1 or len(parts) <= 1:
+        return [fn(i, part) for i, part in enumerate(parts)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(parts))) as pool:
+        return list(pool.map(fn, range(len(parts)), parts))
+
+
 def run(model, x, y, *, eps: float, seed: int = 0, batch_size: int = 250,
         version: str = "standard", attacks=None, options=None, log=None,
-        jit_compile="auto") -> dict:
+        jit_compile="auto", workers=None) -> dict:
     """Run AutoAttack natively. Returns a dict:
 
     ``x_adv`` [N,...] float32 (the first adversarial point found for broken points, x for
@@ -104,6 +115,9 @@ def run(model, x, y, *, eps: float, seed: int = 0, batch_size: int = 250,
     ``clean`` [N] bool, ``per_attack`` {attack: [N] bool flags after it}, ``attacks`` (the
     order run), ``seconds`` {attack: s}, ``options`` (the overrides), ``jit_compile``
     (whether XLA was used).
+
+    ``workers``: how many batches run at the same time (None: the process's attack shards,
+    `rslad_tf.runtime.configure`); the results do not depend on it.
     """
     from rslad_tf.attacks.autoattack import _util
     from rslad_tf.evaluate import ensure_float32
@@ -122,6 +136,10 @@ def run(model, x, y, *, eps: float, seed: int = 0, batch_size: int = 250,
     say = log or (lambda *_: None)
     model = ensure_float32(model)
     jit = _util.use_xla(jit_compile)
+    if workers is None:
+        from rslad_tf.attacks.pgd import resolve_shards
+
+        workers = 1 if jit else resolve_shards()
 
     # The attacks run on a frozen inference copy; verdicts come from the model itself.
     net = _util.inference_view(model, jit)
@@ -134,14 +152,20 @@ def run(model, x, y, *, eps: float, seed: int = 0, batch_size: int = 250,
     for a_index, name in enumerate(order):
         started = time.time()
         idx = np.flatnonzero(robust)
-        for b_index, start in enumerate(range(0, len(idx), batch_size)):
-            part = idx[start:start + batch_size]
+
+        def attack_part(b_index, part, a_index=a_index, name=name):
             adv, _ = _attack_batch(name, net, x[part], y[part], eps=eps, params=params,
                                    seed=seed, stream=(a_index + 1) * 100_000 + b_index,
                                    jit=jit)
             # The verdict is this model's classification of the returned points.
             pred = np.argmax(_util.predict_logits(model, adv, batch_size=batch_size, jit=jit),
                              -1)
+            return part, adv, pred
+
+        parts = [idx[start:start + batch_size] for start in range(0, len(idx), batch_size)]
+        # Batches are independent (each has its own random stream), so they may run at the
+        # same time, one per group of cores; results are applied in batch order.
+        for part, adv, pred in _map_batches(attack_part, parts, workers):
             broken = pred != y[part]
             x_adv[part[broken]] = adv[broken]
             robust[part[broken]] = False
