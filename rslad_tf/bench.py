@@ -820,7 +820,9 @@ def main(argv=None) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     from rslad_tf import runtime
 
-    runtime.configure()
+    # --robustness trains like the train CLI (attack shards "auto": exact, so the variants
+    # differ only in what they compare); the timing run lays out its own child processes.
+    runtime.configure(attack_shards="auto" if args.robustness else 1)
     if args.device == "cpu":
         import tensorflow as tf
 

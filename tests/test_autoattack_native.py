@@ -181,6 +181,22 @@ def test_batches_run_at_the_same_time_give_the_same_result(trained_digits_model,
     assert runs[0]["robust"].sum() < runs[0]["clean"].sum()
 
 
+def test_restarts_only_attack_the_points_still_robust(trained_digits_model, points):
+    """A second restart runs on the survivors of the first (which is the same run as with
+    one restart): it can only break more points, and keeps the threat model. (APGD-T
+    interleaves restarts with its targets, so only its invariants are checked.)"""
+    x, y = points
+    for name in ("apgd-ce", "apgd-t", "square"):
+        runs = {n: aa.run(trained_digits_model, x, y, eps=EPS, seed=1, batch_size=16,
+                          version="custom", attacks=[name],
+                          options=dict(FAST, n_iter=5, n_queries=30, n_restarts=n))
+                for n in (1, 2)}
+        if name != "apgd-t":
+            assert not np.any(runs[2]["robust"] & ~runs[1]["robust"]), name
+        assert np.max(np.abs(runs[2]["x_adv"] - x)) <= EPS + 1e-6
+        assert runs[2]["x_adv"].min() >= 0.0 and runs[2]["x_adv"].max() <= 1.0
+
+
 def _constant_model():
     import keras
 

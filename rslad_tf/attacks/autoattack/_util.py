@@ -196,3 +196,17 @@ def target_classes(logits: np.ndarray, rank: int) -> np.ndarray:
     from the end does."""
     order = np.argsort(logits, axis=1, kind="stable")
     return order[:, -rank].astype(np.int32)
+
+
+def attack_still_robust(x_adv: np.ndarray, robust: np.ndarray, run) -> bool:
+    """One run of an attack on the examples still robust: ``run(idx)`` attacks ``x[idx]``
+    and returns (adversarial points [len(idx), ...], broken [len(idx)] bool); the broken
+    ones are recorded in ``x_adv`` and ``robust`` (in place). Returns False, running
+    nothing, when no example is left (the restart and target loops then stop)."""
+    idx = np.flatnonzero(robust)
+    if len(idx) == 0:
+        return False
+    adv, broken = run(idx)
+    x_adv[idx[broken]] = adv[broken]
+    robust[idx[broken]] = False
+    return True

@@ -285,14 +285,13 @@ def apgd(model, x, y, *, eps, n_iter=100, n_restarts=1, loss="ce", seed=0, strea
     x_adv = x.copy()
     robust = np.ones(len(x), bool)
     for restart in range(int(n_restarts)):
-        idx = np.flatnonzero(robust)
-        if len(idx) == 0:
+        def run(idx, restart=restart):
+            adv, still = apgd_batch(model, x[idx], y[idx], eps=eps, n_iter=n_iter, loss=loss,
+                                    seed=_util.seed_tensor(seed, stream, restart), jit=jit)
+            return adv, ~still
+
+        if not _util.attack_still_robust(x_adv, robust, run):
             break
-        adv, still = apgd_batch(model, x[idx], y[idx], eps=eps, n_iter=n_iter, loss=loss,
-                                seed=_util.seed_tensor(seed, stream, restart), jit=jit)
-        broken = ~still
-        x_adv[idx[broken]] = adv[broken]
-        robust[idx[broken]] = False
     return x_adv, robust
 
 
@@ -316,14 +315,13 @@ def apgd_targeted(model, x, y, *, eps, n_iter=100, n_restarts=1, n_target_classe
     for rank in range(2, int(n_target_classes) + 2):
         targets = _util.target_classes(clean_logits, rank)
         for restart in range(int(n_restarts)):
-            idx = np.flatnonzero(robust)
-            if len(idx) == 0:
+            def run(idx, rank=rank, restart=restart, targets=targets):
+                adv, still = apgd_batch(model, x[idx], y[idx], targets[idx], eps=eps,
+                                        n_iter=n_iter, loss="dlr-targeted",
+                                        seed=_util.seed_tensor(seed, stream, rank, restart),
+                                        jit=jit)
+                return adv, ~still
+
+            if not _util.attack_still_robust(x_adv, robust, run):
                 return x_adv, robust
-            adv, still = apgd_batch(model, x[idx], y[idx], targets[idx], eps=eps,
-                                    n_iter=n_iter, loss="dlr-targeted",
-                                    seed=_util.seed_tensor(seed, stream, rank, restart),
-                                    jit=jit)
-            broken = ~still
-            x_adv[idx[broken]] = adv[broken]
-            robust[idx[broken]] = False
     return x_adv, robust

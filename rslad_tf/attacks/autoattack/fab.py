@@ -169,20 +169,20 @@ def fab_targeted(model, x, y, *, eps, n_iter=100, n_target_classes=9, n_restarts
     for rank in range(2, int(n_target_classes) + 2):
         targets = _util.target_classes(clean_logits, rank)
         for restart in range(int(n_restarts)):
-            idx = np.flatnonzero(robust)
-            if len(idx) == 0:
+            def run(idx, rank=rank, restart=restart, targets=targets):
+                start = x[idx]
+                if restart > 0:
+                    start = _random_start(start, eps,
+                                          _util.seed_tensor(seed, stream, rank, restart))
+                adv, dist = fab_batch(model, x[idx], y[idx], targets[idx], eps=eps,
+                                      n_iter=n_iter, start=start, jit=jit)
+                found = dist < NOT_FOUND
+                pred = np.argmax(_util.predict_logits(model, adv, batch_size=max(len(adv), 1),
+                                                      jit=jit), axis=-1)
+                return adv, found & (pred != y[idx]) & (dist <= eps)
+
+            if not _util.attack_still_robust(x_adv, robust, run):
                 return x_adv, robust
-            start = x[idx]
-            if restart > 0:
-                start = _random_start(start, eps, _util.seed_tensor(seed, stream, rank, restart))
-            adv, dist = fab_batch(model, x[idx], y[idx], targets[idx], eps=eps,
-                                  n_iter=n_iter, start=start, jit=jit)
-            found = dist < NOT_FOUND
-            pred = np.argmax(_util.predict_logits(model, adv, batch_size=max(len(adv), 1),
-                                                  jit=jit), axis=-1)
-            broken = found & (pred != y[idx]) & (dist <= eps)
-            x_adv[idx[broken]] = adv[broken]
-            robust[idx[broken]] = False
     return x_adv, robust
 
 

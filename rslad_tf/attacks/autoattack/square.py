@@ -121,30 +121,30 @@ def square(model, x, y, *, eps, n_queries=N_QUERIES, p_init=P_INIT, n_restarts=1
     x_adv = x.copy()
     robust = np.ones(len(x), bool)
     for restart in range(int(n_restarts)):
-        idx = np.flatnonzero(robust)
-        if len(idx) == 0:
+        def run(idx, restart=restart):
+            seed_t = _util.seed_tensor(seed, stream, restart)
+            x_run, y_run = x[idx], y[idx]
+            best, margin = _init(jit, model, [tf.constant(x_run), tf.constant(y_run)],
+                                 [seed_t, tf.constant(eps, tf.float32)])
+            best, margin = np.array(best), np.array(margin)
+            # Compaction: every CHUNK queries, only the examples not yet broken go on.
+            first = 0
+            live = np.flatnonzero(margin > 0.0)
+            while first < n_queries and len(live):
+                last = min(first + CHUNK, int(n_queries))
+                b, m = _search(jit, model,
+                               [tf.constant(x_run[live]), tf.constant(y_run[live]),
+                                tf.constant(best[live]), tf.constant(margin[live])],
+                               [seed_t, tf.constant(eps, tf.float32),
+                                tf.constant(first, tf.int32), tf.constant(last, tf.int32),
+                                tf.constant(p_init, tf.float32)])
+                best[live], margin[live] = np.asarray(b), np.asarray(m)
+                live = live[margin[live] > 0.0]
+                first = last
+            pred = np.argmax(_util.predict_logits(model, best, batch_size=max(len(best), 1),
+                                                  jit=jit), axis=-1)
+            return best, pred != y_run
+
+        if not _util.attack_still_robust(x_adv, robust, run):
             break
-        seed_t = _util.seed_tensor(seed, stream, restart)
-        x_run, y_run = x[idx], y[idx]
-        best, margin = _init(jit, model, [tf.constant(x_run), tf.constant(y_run)],
-                             [seed_t, tf.constant(eps, tf.float32)])
-        best, margin = np.array(best), np.array(margin)
-        # Compaction: every CHUNK queries, only the examples not yet broken go on.
-        first = 0
-        live = np.flatnonzero(margin > 0.0)
-        while first < n_queries and len(live):
-            last = min(first + CHUNK, int(n_queries))
-            b, m = _search(jit, model,
-                           [tf.constant(x_run[live]), tf.constant(y_run[live]),
-                            tf.constant(best[live]), tf.constant(margin[live])],
-                           [seed_t, tf.constant(eps, tf.float32), tf.constant(first, tf.int32),
-                            tf.constant(last, tf.int32), tf.constant(p_init, tf.float32)])
-            best[live], margin[live] = np.asarray(b), np.asarray(m)
-            live = live[margin[live] > 0.0]
-            first = last
-        pred = np.argmax(_util.predict_logits(model, best, batch_size=max(len(best), 1),
-                                              jit=jit), axis=-1)
-        broken = pred != y_run
-        x_adv[idx[broken]] = best[broken]
-        robust[idx[broken]] = False
     return x_adv, robust
