@@ -52,6 +52,9 @@ def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
     through intra-op threads: README "Speed"), else 1. With 1: intra-op = cores, inter-op
     1-2. If TensorFlow is already initialised the pools cannot change, and shards are 1
     unless the existing inter-op pool can run them.
+
+    The shards themselves change no result; the smaller intra-op pool can change the
+    rounding of some CPU kernels, as any other thread count can.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
