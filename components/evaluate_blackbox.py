@@ -42,7 +42,7 @@ def evaluate_blackbox(data: Input[Dataset], model: Input[Model], surrogate: Inpu
     Metrics."""
     from components.common import configure_runtime, report_device
     from components.evaluate_blackbox import evaluate_blackbox_fn
-    from components.evaluation import log_metrics
+    from components.evaluation import publish
 
     configure_runtime()
     report_device(device_type, device_count)
@@ -51,6 +51,4 @@ def evaluate_blackbox(data: Input[Dataset], model: Input[Model], surrogate: Inpu
                                   batch_size=batch_size, seed=seed,
                                   square_options=square_options,
                                   autoattack_impl=autoattack_impl)
-    log_metrics(metrics, result)
-    results.metadata.update({"method": result.get("method") or "",
-                             "model": result.get("model") or "", "kind": "blackbox"})
+    publish(result, results, metrics, "blackbox")

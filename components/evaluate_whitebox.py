@@ -43,7 +43,7 @@ def evaluate_whitebox(data: Input[Dataset], model: Input[Model], results: Output
     """White-box robustness of one model: eval JSON + Metrics."""
     from components.common import configure_runtime, report_device
     from components.evaluate_whitebox import evaluate_whitebox_fn
-    from components.evaluation import log_metrics
+    from components.evaluation import publish
 
     configure_runtime()
     report_device(device_type, device_count)
@@ -52,6 +52,4 @@ def evaluate_whitebox(data: Input[Dataset], model: Input[Model], results: Output
                                   batch_size=batch_size, seed=seed,
                                   autoattack_options=autoattack_options,
                                   autoattack_impl=autoattack_impl)
-    log_metrics(metrics, result)
-    results.metadata.update({"method": result.get("method") or "",
-                             "model": result.get("model") or "", "kind": "whitebox"})
+    publish(result, results, metrics, "whitebox")

@@ -99,3 +99,11 @@ def log_metrics(metrics, result: dict) -> None:
     for key, value in result.items():
         if key.endswith(ACC_SUFFIX) and isinstance(value, (int, float)):
             metrics.log_metric(key, float(value))
+
+
+def publish(result: dict, results, metrics, kind: str) -> None:
+    """An evaluation step's outputs: the accuracies as kfp Metrics, and the results
+    artifact labelled with the model's method and name and the evaluation ``kind``."""
+    log_metrics(metrics, result)
+    results.metadata.update({"method": result.get("method") or "",
+                             "model": result.get("model") or "", "kind": kind})

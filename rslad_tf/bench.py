@@ -100,7 +100,9 @@ OPTIMISED = {
 
 def optimised_options(kind: str) -> dict:
     options = dict(OPTIMISED[kind])
-    if (os.cpu_count() or 1) < 2:
+    from rslad_tf.runtime import cores
+
+    if cores() < 2:
         options["shards"] = 1  # one core: nothing to run the shards side by side
     return options
 
@@ -635,10 +637,10 @@ def run(device: str | None = None, *, quick: bool = False, steps: int | None = N
 
 
 def _thread_layout(shards: int) -> str:
-    cores = int(os.environ.get("RSLAD_TF_THREADS", "0")) or os.cpu_count() or 1
-    if shards > 1:
-        return f"{shards} attack shards, inter-op {shards}, intra-op {max(1, cores // shards)}"
-    return f"no attack shards, intra-op {cores}, inter-op {1 if cores <= 2 else 2}"
+    from rslad_tf.runtime import thread_pools
+
+    intra, inter = thread_pools(shards)
+    return f"{shards} attack shard(s), intra-op {intra}, inter-op {inter}"
 
 
 def _eval_epochs(epochs=PROJECTION_EPOCHS):

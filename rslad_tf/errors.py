@@ -8,6 +8,7 @@ traceback, exit status 1.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import sys
@@ -17,6 +18,14 @@ import traceback
 
 class UserError(Exception):
     """A problem with the user's input; the message names it and says how to fix it."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage mistakes become a `UserError`: one ``error: ...`` line and exit
+    status 2 under `run_cli`."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
 
 
 def _user_error_types():

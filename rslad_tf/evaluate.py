@@ -40,7 +40,7 @@ import time
 import numpy as np
 
 from rslad_tf import runtime
-from rslad_tf.errors import UserError, run_cli
+from rslad_tf.errors import ArgumentParser, UserError, run_cli
 
 ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack",
            "transfer_pgd", "transfer_cw", "square")
@@ -423,10 +423,7 @@ def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, v
     returned images with ``model``. Returns (accuracy %, settings dict)."""
     from rslad_tf.attacks import autoattack as native
 
-    options = dict(options or {})
-    if name == "square":
-        version, attacks = "custom", ["square"]
-        options.setdefault("n_queries", SQUARE_QUERIES)
+    version, attacks, options = _run_settings(name, version, attacks, options)
     try:
         native.resolve(version, attacks, options)
     except ValueError as exc:
@@ -435,9 +432,32 @@ def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, v
                      attacks=attacks, options=options, log=log)
     x_adv = _checked_adversarial(name, out["x_adv"], x, eps)
     tf_correct = predict_labels(model, x_adv, tf_batch_size) == y
+    info = _run_info(name, "native TensorFlow (rslad_tf.attacks.autoattack); accuracy = this "
+                           "model re-classifying the returned images",
+                     out, x, x_adv, tf_correct, eps=eps, seed=seed, batch_size=batch_size,
+                     version=version, options=options)
+    info["jit_compile"] = bool(out["jit_compile"])
+    return _percent(tf_correct), info
+
+
+def _run_settings(name, version, attacks, options):
+    """(version, attacks, options) of an AutoAttack ("autoattack") or Square ("square")
+    run: Square is a custom run of Square alone, with the paper's queries unless
+    overridden."""
+    options = dict(options or {})
+    if name == "square":
+        version, attacks = "custom", ["square"]
+        options.setdefault("n_queries", SQUARE_QUERIES)
+    return version, attacks, options
+
+
+def _run_info(name, implementation, out, x, x_adv, tf_correct, *, eps, seed, batch_size,
+              version, options) -> dict:
+    """The eval JSON's record of an AutoAttack or Square run, either implementation: its
+    settings, the robust accuracy after each attack, and whether it was the standard
+    setting."""
     info = {
-        "implementation": "native TensorFlow (rslad_tf.attacks.autoattack); accuracy = this "
-                          "model re-classifying the returned images",
+        "implementation": implementation,
         "version": version,
         "attacks": list(out["attacks"]),
         "norm": "Linf",
@@ -449,7 +469,6 @@ def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, v
         "per_attack_seconds": {k: round(v, 3) for k, v in out["seconds"].items()},
         "robust_flag_mismatches": int(np.sum(tf_correct != out["robust"])),
         "max_perturbation": float(np.max(np.abs(x_adv - x))) if len(x) else 0.0,
-        "jit_compile": bool(out["jit_compile"]),
     }
     if name == "autoattack":
         info["standard"] = version == "standard" and not options
@@ -457,7 +476,7 @@ def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, v
         info["n_queries"] = int(options["n_queries"])
         info["p_init"] = 0.8
         info["standard"] = int(options["n_queries"]) == SQUARE_QUERIES and len(options) == 1
-    return _percent(tf_correct), info
+    return info
 
 
 def _checked_adversarial(name, x_adv, x, eps):
@@ -483,10 +502,7 @@ def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_s
                         f"{' and '.join(missing)} is not installed: `pip install -r "
                         "requirements-dev.txt` (or `pip install rslad_tf[autoattack]`), or "
                         "use --autoattack native")
-    if name == "square":
-        version, attacks = "custom", ["square"]
-        options = dict(options or {})
-        options.setdefault("n_queries", SQUARE_QUERIES)
+    version, attacks, options = _run_settings(name, version, attacks, options)
     try:
         out = reference.run(path, x, y, eps=eps, version=version, attacks=attacks, seed=seed,
                             batch_size=batch_size, options=options, threads=threads, log=log)
@@ -500,33 +516,18 @@ def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_s
     tf_correct = predict_labels(model, x_adv, tf_batch_size) == y
     torch_pred = np.argmax(out["clean_logits"], axis=-1)
     n = len(y)
-    info = {
-        "implementation": "pyautoattack (reference code) on the .keras file under Keras' "
-                          "torch backend; accuracy = this model re-classifying the returned "
-                          "images",
-        "version": version,
-        "attacks": out["attacks"],
-        "norm": "Linf",
-        "eps": float(eps),
-        "seed": int(seed),
-        "batch_size": int(batch_size),
-        "options": dict(options or {}),
+    info = _run_info(name, "pyautoattack (reference code) on the .keras file under Keras' "
+                           "torch backend; accuracy = this model re-classifying the returned "
+                           "images",
+                     out, x, x_adv, tf_correct, eps=eps, seed=seed, batch_size=batch_size,
+                     version=version, options=options)
+    info.update({
         "reference_acc": _percent(out["robust"]),
-        "per_attack": {k: _percent(v) for k, v in out["per_attack"].items()},
-        "per_attack_seconds": {k: round(v, 3) for k, v in out["seconds"].items()},
         "reference_clean_acc": _percent(torch_pred == y),
         "clean_prediction_mismatches": int(np.sum(torch_pred != clean_pred)),
-        "robust_flag_mismatches": int(np.sum(tf_correct != out["robust"])),
-        "max_perturbation": float(np.max(np.abs(x_adv - x))) if len(x) else 0.0,
         "device": out["device"],
         "versions": out["versions"],
-    }
-    if name == "autoattack":
-        info["standard"] = version == "standard" and not options
-    else:
-        info["n_queries"] = int(options["n_queries"])
-        info["p_init"] = 0.8
-        info["standard"] = int(options["n_queries"]) == SQUARE_QUERIES and len(options) == 1
+    })
     if log is not None and (info["clean_prediction_mismatches"] or info["robust_flag_mismatches"]):
         log(f"  warning: {name}: the torch and TensorFlow models disagree on "
             f"{info['clean_prediction_mismatches']} clean and "
@@ -614,15 +615,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes become one ``error: ...`` line and exit status 2 (`run_cli`)."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m rslad_tf.evaluate",
         description="Evaluate a checkpoint with the paper's protocol (Clean, FGSM, PGD_SAT, "
                     "PGD_TRADES, CW_inf, AutoAttack; transfer and Square on request).")

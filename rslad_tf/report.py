@@ -22,7 +22,7 @@ import math
 import os
 import sys
 
-from rslad_tf.errors import UserError, run_cli
+from rslad_tf.errors import ArgumentParser, UserError, run_cli
 
 COLUMNS = (("Clean", "clean_acc"), ("FGSM", "fgsm_acc"), ("PGD_SAT", "pgd_sat_acc"),
            ("PGD_TRADES", "pgd_trades_acc"), ("CW_inf", "cw_inf_acc"), ("AA", "autoattack_acc"))
@@ -261,8 +261,6 @@ def _row_label(row) -> str:
 def plot_clean_vs_aa(rows, path: str) -> str:
     """Scatter of clean against AutoAttack accuracy, one point (with std bars) per row that
     has both. `UserError` when no row has both. Returns ``path``."""
-    from rslad_tf import fileio
-
     points = [r for r in rows if r["columns"].get("Clean") and r["columns"].get("AA")
               and r.get("source", "ours") == "ours"]
     if not points:
@@ -278,12 +276,19 @@ def plot_clean_vs_aa(rows, path: str) -> str:
     ax.set_ylabel("AutoAttack accuracy (%)")
     datasets = sorted({str(r["dataset"]) for r in points})
     ax.set_title(f"Clean vs AutoAttack accuracy ({', '.join(datasets)})")
+    _finish_plot(plt, fig, ax, path)
+    return path
+
+
+def _finish_plot(plt, fig, ax, path: str) -> None:
+    """Grid and legend, then the figure written atomically as a PNG at ``path``."""
+    from rslad_tf import fileio
+
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fileio._atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), suffix=".png")
     plt.close(fig)
-    return path
 
 
 def eps_sweep(model, x, y, eps_list, *, attack: str = "pgd_sat", batch_size: int = 256,
@@ -341,26 +346,15 @@ def plot_eps_sweep(model, x, y, eps_list, path: str, *, attack: str = "pgd_sat",
     ax.set_ylim(-2, 102)
     ax.set_title(title or f"Robust accuracy against epsilon ({len(x)} test points)",
                  fontsize=10)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fileio._atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), suffix=".png")
-    plt.close(fig)
+    _finish_plot(plt, fig, ax, path)
     return results
 
 
 # --------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes become one ``error: ...`` line and exit status 2 (`run_cli`)."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ArgumentParser(
         prog="python -m rslad_tf.report",
         description="Paper-style table (and plots) from run directories or eval JSON files.")
     parser.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_JSON",

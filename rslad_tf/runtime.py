@@ -38,6 +38,19 @@ def attack_shards_from(args) -> int | str:
         raise UserError(f"--attack-shards: {exc}") from None
 
 
+def cores(threads: int | None = None) -> int:
+    """The cores to use: ``threads``, else ``RSLAD_TF_THREADS``, else all of the machine's."""
+    return threads or int(os.environ.get("RSLAD_TF_THREADS", "0")) or os.cpu_count() or 1
+
+
+def thread_pools(attack_shards: int, threads: int | None = None) -> tuple[int, int]:
+    """(intra-op, inter-op) pool sizes for ``attack_shards`` (see `configure`)."""
+    n = cores(threads)
+    if attack_shards > 1:
+        return max(1, n // attack_shards), attack_shards
+    return n, (1 if n <= 2 else 2)
+
+
 def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
     """Quiet TensorFlow's C++ logs and size its thread pools to the machine; returns the
     number of attack shards in effect.
@@ -61,10 +74,9 @@ def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
 
     from rslad_tf.attacks.pgd import resolve_shards, set_shards
 
-    cores = threads or int(os.environ.get("RSLAD_TF_THREADS", "0")) or os.cpu_count() or 1
     gpus = tf.config.list_physical_devices("GPU")
     if attack_shards == "auto":
-        attack_shards = 2 if not gpus and cores >= 2 else 1
+        attack_shards = 2 if not gpus and cores(threads) >= 2 else 1
     attack_shards = resolve_shards(int(attack_shards))
     # Let a torch-backend child process (reference AutoAttack) share the GPU.
     for gpu in gpus:
@@ -72,10 +84,7 @@ def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # already initialised
-    if attack_shards > 1:
-        intra, inter = max(1, cores // attack_shards), attack_shards
-    else:
-        intra, inter = cores, (1 if cores <= 2 else 2)
+    intra, inter = thread_pools(attack_shards, threads)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(intra)
         tf.config.threading.set_inter_op_parallelism_threads(inter)

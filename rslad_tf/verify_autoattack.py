@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from rslad_tf.errors import UserError, run_cli
+from rslad_tf.errors import ArgumentParser, UserError, run_cli
 
 # The targets of issue 8: final robust accuracies within this many percentage points ...
 MAX_ACC_GAP = 0.5
@@ -199,13 +199,8 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m rslad_tf.verify_autoattack",
+    p = ArgumentParser(prog="python -m rslad_tf.verify_autoattack",
                 description="Run native and reference AutoAttack on the same points and "
                             "report their agreement, per attack and overall, and both times.")
     p.add_argument("checkpoint", help=".keras file of a float32 model")

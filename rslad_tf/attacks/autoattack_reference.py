@@ -49,6 +49,26 @@ PREFIX = "[autoattack] "
 OPTION_KEYS = ("n_iter", "n_restarts", "n_queries", "n_target_classes")
 
 
+def check_request(version: str, attacks, options, known_attacks) -> None:
+    """ValueError unless ``version`` is known, ``attacks`` (names in ``known_attacks``) are
+    given exactly for a "custom" run, and ``options`` has only ``OPTION_KEYS``. Shared by
+    this module and the native implementation (`rslad_tf.attacks.autoattack.resolve`)."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {VERSIONS}")
+    if version == "custom":
+        if not attacks:
+            raise ValueError("a 'custom' AutoAttack run needs a list of attacks")
+        unknown = [a for a in attacks if a not in known_attacks]
+        if unknown:
+            raise ValueError(f"unknown AutoAttack attack(s) {unknown}; choose from "
+                             f"{known_attacks}")
+    elif attacks:
+        raise ValueError("attacks can only be chosen with version='custom'")
+    unknown = sorted(set(options or {}) - set(OPTION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown AutoAttack option(s) {unknown}; choose from {OPTION_KEYS}")
+
+
 class ReferenceAttackError(RuntimeError):
     """The child process failed; the message holds the tail of its error output."""
 
@@ -97,20 +117,8 @@ def run(model_path: str, x: np.ndarray, y: np.ndarray, *, eps: float,
     ``versions`` (pyautoattack, torch, keras), ``tensorflow_imported`` (must be False).
     """
     version = str(version)
-    if version not in VERSIONS:
-        raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {VERSIONS}")
-    if version == "custom":
-        if not attacks:
-            raise ValueError("a 'custom' AutoAttack run needs a list of attacks")
-        unknown = [a for a in attacks if a not in KNOWN_ATTACKS]
-        if unknown:
-            raise ValueError(f"unknown AutoAttack attack(s) {unknown}; choose from {KNOWN_ATTACKS}")
-    elif attacks:
-        raise ValueError("attacks can only be chosen with version='custom'")
+    check_request(version, attacks, options, KNOWN_ATTACKS)
     options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_KEYS))
-    if unknown:
-        raise ValueError(f"unknown AutoAttack option(s) {unknown}; choose from {OPTION_KEYS}")
     if not os.path.isfile(model_path):
         raise FileNotFoundError(f"model file {model_path!r} does not exist")
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -24,12 +24,11 @@ import time
 
 import numpy as np
 
-ATTACK_ORDER_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+# The standard order and the check of a request (versions, option keys) are the
+# reference module's (it imports no TensorFlow): both implementations accept the same.
+from rslad_tf.attacks.autoattack_reference import ATTACK_ORDER_STANDARD, check_request
+
 KNOWN_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
-VERSIONS = ("standard", "custom")
-# Overrides of the standard hyper-parameters, for tests and smoke runs only (the same keys
-# as `rslad_tf.attacks.autoattack_reference.OPTION_KEYS`).
-OPTION_KEYS = ("n_iter", "n_restarts", "n_queries", "n_target_classes")
 STANDARD = {"n_iter": 100, "n_restarts": 1, "n_queries": 5000, "n_target_classes": 9}
 PREFIX = "[autoattack native] "
 
@@ -41,27 +40,12 @@ def resolve(version: str = "standard", attacks=None, options=None) -> tuple[list
     override them (the reference's custom version keeps its constructors' defaults
     instead, e.g. 5 restarts of APGD-CE: pass ``n_restarts`` to both to compare)."""
     version = str(version)
-    if version not in VERSIONS:
-        raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {VERSIONS}")
-    if version == "custom":
-        if not attacks:
-            raise ValueError("a 'custom' AutoAttack run needs a list of attacks")
-        attacks = list(attacks)
-        if "fab" in attacks:
-            raise ValueError("untargeted FAB ('fab') is not implemented natively; use 'fab-t' "
-                             "or the reference implementation")
-        unknown = [a for a in attacks if a not in KNOWN_ATTACKS]
-        if unknown:
-            raise ValueError(f"unknown AutoAttack attack(s) {unknown}; choose from "
-                             f"{KNOWN_ATTACKS}")
-    elif attacks:
-        raise ValueError("attacks can only be chosen with version='custom'")
-    else:
-        attacks = list(ATTACK_ORDER_STANDARD)
+    if version == "custom" and attacks and "fab" in attacks:
+        raise ValueError("untargeted FAB ('fab') is not implemented natively; use 'fab-t' "
+                         "or the reference implementation")
+    check_request(version, attacks, options, KNOWN_ATTACKS)
+    attacks = list(attacks) if version == "custom" else list(ATTACK_ORDER_STANDARD)
     options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_KEYS))
-    if unknown:
-        raise ValueError(f"unknown AutoAttack option(s) {unknown}; choose from {OPTION_KEYS}")
     for key, value in options.items():
         if int(value) <= 0:
             raise ValueError(f"AutoAttack option {key} must be positive, got {value}")
