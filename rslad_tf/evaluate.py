@@ -430,11 +430,11 @@ def _native_attack(name, model, x, y, *, eps, seed, batch_size, tf_batch_size, v
         raise UserError(f"{name}: {exc}") from None
     out = native.run(model, x, y, eps=eps, seed=seed, batch_size=batch_size, version=version,
                      attacks=attacks, options=options, log=log)
-    x_adv = _checked_adversarial(name, out["x_adv"], x, eps)
+    x_adv, distance = _checked_adversarial(name, out["x_adv"], x, eps)
     tf_correct = predict_labels(model, x_adv, tf_batch_size) == y
     info = _run_info(name, "native TensorFlow (rslad_tf.attacks.autoattack); accuracy = this "
                            "model re-classifying the returned images",
-                     out, x, x_adv, tf_correct, eps=eps, seed=seed, batch_size=batch_size,
+                     out, distance, tf_correct, eps=eps, seed=seed, batch_size=batch_size,
                      version=version, options=options)
     info["jit_compile"] = bool(out["jit_compile"])
     return _percent(tf_correct), info
@@ -451,8 +451,8 @@ def _run_settings(name, version, attacks, options):
     return version, attacks, options
 
 
-def _run_info(name, implementation, out, x, x_adv, tf_correct, *, eps, seed, batch_size,
-              version, options) -> dict:
+def _run_info(name, implementation, out, max_perturbation, tf_correct, *, eps, seed,
+              batch_size, version, options) -> dict:
     """The eval JSON's record of an AutoAttack or Square run, either implementation: its
     settings, the robust accuracy after each attack, and whether it was the standard
     setting."""
@@ -468,7 +468,7 @@ def _run_info(name, implementation, out, x, x_adv, tf_correct, *, eps, seed, bat
         "per_attack": {k: _percent(v) for k, v in out["per_attack"].items()},
         "per_attack_seconds": {k: round(v, 3) for k, v in out["seconds"].items()},
         "robust_flag_mismatches": int(np.sum(tf_correct != out["robust"])),
-        "max_perturbation": float(np.max(np.abs(x_adv - x))) if len(x) else 0.0,
+        "max_perturbation": max_perturbation,
     }
     if name == "autoattack":
         info["standard"] = version == "standard" and not options
@@ -480,12 +480,13 @@ def _run_info(name, implementation, out, x, x_adv, tf_correct, *, eps, seed, bat
 
 
 def _checked_adversarial(name, x_adv, x, eps):
-    """``x_adv`` if it lies in the threat model (eps ball, [0,1]); RuntimeError otherwise."""
+    """(``x_adv``, its largest L-inf distance from ``x``) if it lies in the threat model
+    (eps ball, [0,1]); RuntimeError otherwise."""
     distance = float(np.max(np.abs(x_adv - x))) if len(x) else 0.0
     if distance > eps + BALL_TOLERANCE or x_adv.min() < 0.0 or x_adv.max() > 1.0:
         raise RuntimeError(f"{name} returned images outside the threat model "
                            f"(L-inf distance {distance:.6g} > eps {eps:.6g} or outside [0,1])")
-    return x_adv
+    return x_adv, distance
 
 
 def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_size,
@@ -512,14 +513,14 @@ def _reference_attack(name, path, model, x, y, clean_pred, *, eps, seed, batch_s
             hint = ("\nThe GPU is full; TensorFlow in this process may hold it: run with "
                     "TF_FORCE_GPU_ALLOW_GROWTH=true or a smaller --autoattack-batch-size")
         raise RuntimeError(f"{name}: {exc}{hint}") from None
-    x_adv = _checked_adversarial(name, out["x_adv"], x, eps)
+    x_adv, distance = _checked_adversarial(name, out["x_adv"], x, eps)
     tf_correct = predict_labels(model, x_adv, tf_batch_size) == y
     torch_pred = np.argmax(out["clean_logits"], axis=-1)
     n = len(y)
     info = _run_info(name, "pyautoattack (reference code) on the .keras file under Keras' "
                            "torch backend; accuracy = this model re-classifying the returned "
                            "images",
-                     out, x, x_adv, tf_correct, eps=eps, seed=seed, batch_size=batch_size,
+                     out, distance, tf_correct, eps=eps, seed=seed, batch_size=batch_size,
                      version=version, options=options)
     info.update({
         "reference_acc": _percent(out["robust"]),
