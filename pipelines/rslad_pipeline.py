@@ -3,7 +3,10 @@ black-box evaluation, the paper's table.
 
     python -m pipelines.rslad_pipeline compile --out rslad.yaml [--image NAME]
     python -m pipelines.rslad_pipeline run-local [--preset digits] [--out DIR] [--epochs N]
-    python -m pipelines.rslad_pipeline submit --host URL [--param name=value ...]
+    python -m pipelines.rslad_pipeline submit --host URL [--namespace NS] [--token-file F]
+        [--param name=value ...] [--wait] [--dry-run]          (docs/cluster.md)
+    python -m pipelines.rslad_pipeline follow --host URL --run-id ID
+    python -m pipelines.rslad_pipeline params
 
 Graph::
 
@@ -36,7 +39,6 @@ import argparse
 import builtins
 import contextlib
 import datetime
-import json
 import os
 import re
 import shutil
@@ -49,12 +51,12 @@ from kfp.dsl import Artifact, Markdown
 
 import components
 from components.common import BLACKBOX_ATTACKS, WHITEBOX_ATTACKS
-from rslad_tf.errors import UserError, run_cli
+from pipelines import parameters, submit
+from rslad_tf.errors import ArgumentParser, UserError, run_cli
 from rslad_tf.presets import METHOD_NAMES
 
 PIPELINE_NAME = "rslad-tf"
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
-SUBMIT_TIMEOUT_S = 5.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 ReportOutputs = NamedTuple("ReportOutputs", [("report", Markdown), ("table", Artifact),
@@ -332,73 +334,40 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
-# -- submitting to a cluster -----------------------------------------------------------
-def check_reachable(host: str, timeout: float = SUBMIT_TIMEOUT_S) -> None:
-    """One quick request to the KFP API so that an unreachable host fails in seconds with
-    one line, not after the client's retries."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    parsed = urllib.parse.urlparse(host)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UserError(f"--host {host!r} is not an http(s) URL, e.g. http://localhost:8080")
-    url = host.rstrip("/") + "/apis/v2beta1/healthz"
-    try:
-        urllib.request.urlopen(url, timeout=timeout).close()
-    except urllib.error.HTTPError:
-        return  # the server answered (auth, 404 behind a proxy, ...): let the client talk
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise UserError(f"cannot reach the Kubeflow Pipelines API at {host} ({reason}); check "
-                        "--host (e.g. `kubectl port-forward -n kubeflow svc/ml-pipeline-ui "
-                        "8080:80` then --host http://localhost:8080)") from None
-
-
-def submit(host: str, params: dict, *, image: str | None = None, experiment: str = "rslad-tf",
-           run_name: str | None = None, accelerators: bool = True, parallelism: int = 0,
-           package: str | None = None, log=print) -> str:
-    """Create a run on the cluster at ``host``; returns the run id."""
+# -- submitting to a cluster (the client: pipelines/submit.py) ---------------------------
+@contextlib.contextmanager
+def pipeline_package(package: str | None, image: str | None = None, *,
+                     accelerators: bool = True, parallelism: int = 0):
+    """``(path, spec, compiled_now)`` of ``package``, or of the pipeline compiled now into a
+    temporary folder (removed afterwards)."""
     import tempfile
 
-    import kfp
-
-    check_reachable(host)
+    if package is not None:
+        yield package, parameters.load_spec(package), False
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        if package is None:
-            package = compile_pipeline(os.path.join(tmp, "rslad.yaml"), image,
-                                       accelerators=accelerators, parallelism=parallelism)
-        elif not os.path.isfile(package):
-            raise UserError(f"pipeline file {package!r} does not exist")
-        try:
-            client = kfp.Client(host=host)
-            run = client.create_run_from_pipeline_package(
-                package, arguments=params, experiment_name=experiment,
-                run_name=run_name or f"rslad-tf-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-        except Exception as exc:  # noqa: BLE001 - the client raises many types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"submitting to {host} failed: {type(exc).__name__}: "
-                            f"{first[:300]}") from None
-    log(f"created run {run.run_id} on {host}")
-    return run.run_id
+        path = compile_pipeline(os.path.join(tmp, "rslad.yaml"), image,
+                                accelerators=accelerators, parallelism=parallelism)
+        yield path, parameters.load_spec(path), True
+
+
+def default_spec() -> dict:
+    """The compiled pipeline spec with the default options (its parameters)."""
+    with pipeline_package(None) as (_, spec, _):
+        return spec
 
 
 def parse_param(text: str) -> tuple[str, object]:
-    """``name=value``; the value parsed as JSON when it can be (numbers, lists)."""
-    name, eq, value = text.partition("=")
-    if not eq or not name:
-        raise UserError(f"--param {text!r}: expected NAME=VALUE")
-    try:
-        return name, json.loads(value)
-    except ValueError:
-        return name, value
+    """``name=value`` typed as this pipeline declares the parameter (see
+    `pipelines.parameters.parse_param`)."""
+    return parameters.parse_param(text, parameters.definitions(default_spec()))
 
 
 # -- command line ----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.rslad_pipeline",
-                                     description="Compile, run locally or submit the RSLAD "
-                                                 "Kubeflow pipeline.")
+    parser = ArgumentParser(prog="python -m pipelines.rslad_pipeline",
+                            description="Compile, run locally or submit the RSLAD "
+                                        "Kubeflow pipeline.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def image_and_resources(p):
@@ -434,15 +403,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show kfp's full output (it always goes to OUT/pipeline.log)")
     p.add_argument("--image", help="image name recorded in the components (not used locally)")
 
-    p = sub.add_parser("submit", help="create a run on a Kubeflow Pipelines cluster")
-    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
-    p.add_argument("--package", help="a compiled pipeline YAML (default: compile now)")
-    p.add_argument("--experiment", default="rslad-tf", help="experiment name")
-    p.add_argument("--run-name", help="run name (default rslad-tf-<time>)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="pipeline parameter, e.g. dataset=cifar10 or "
-                        "methods='[\"rslad\",\"ard\"]' (repeatable)")
+    p = sub.add_parser("submit", help="create a run on a Kubeflow Pipelines cluster",
+                       add_help=False)
+    submit.add_help_with_parameters(p, default_spec)
+    submit.add_submit_arguments(p)
     image_and_resources(p)
+
+    p = sub.add_parser("follow", help="follow a run on the cluster and fetch its report")
+    p.add_argument("--run-id", required=True, help="the run id `submit` printed")
+    p.add_argument("--package", help="the compiled pipeline YAML the run was made from "
+                                     "(default: this version's pipeline)")
+    submit.add_connection_arguments(p)
+
+    p = sub.add_parser("params", help="list the pipeline's parameters, types and defaults")
+    p.add_argument("--package", help="a compiled pipeline YAML (default: this version's)")
     return parser
 
 
@@ -479,10 +453,17 @@ def main(argv=None) -> None:
               f"plot: {result['plot']}\nartifacts: {result['pipeline_root']}\n"
               f"log: {result['log']}")
     elif args.command == "submit":
-        params = dict(parse_param(p) for p in args.param)
-        submit(args.host, params, image=args.image, experiment=args.experiment,
-               run_name=args.run_name, accelerators=not args.no_accelerators,
-               parallelism=args.parallelism, package=args.package)
+        if args.parallelism < 0:
+            raise UserError("--parallelism must be 0 or positive")
+        with pipeline_package(args.package, args.image, accelerators=not args.no_accelerators,
+                              parallelism=args.parallelism) as (package, spec, compiled_now):
+            submit.run_submit(args, package, spec, compiled_now=compiled_now)
+    elif args.command == "follow":
+        with pipeline_package(args.package) as (_, spec, _):
+            submit.run_follow(args, spec)
+    elif args.command == "params":
+        with pipeline_package(args.package) as (_, spec, _):
+            print(parameters.describe(spec))
 
 
 if __name__ == "__main__":
