@@ -367,6 +367,8 @@ def download_report(api: Api, run, outputs: dict, report_dir: str, *, log=print)
                             f"({meta.get('uri', artifact_id)}); fetch it from the object "
                             "store directly")
         fetched[output] = _download(meta["download_url"])
+    if "report" in fetched:  # the table, as `run-local` shows it (the plot stays a file)
+        log(fetched["report"].decode("utf-8", "replace").split("![", 1)[0].rstrip() + "\n")
     # Written only once everything is fetched: no half report.
     os.makedirs(report_dir, exist_ok=True)
     paths = {}

@@ -332,13 +332,24 @@ def test_server_errors_give_one_line_and_exit_2(case, standin, token_file, packa
     assert RUN_ID not in out
 
 
+# `python -m pipelines.rslad_pipeline ...` that also says, on its last stdout line, whether
+# TensorFlow was imported (its C++ start-up lines would go to stderr).
+RUN_AS_MAIN = ("import runpy, sys\n"
+               "try:\n"
+               "    runpy.run_module('pipelines.rslad_pipeline', run_name='__main__',"
+               " alter_sys=True)\n"
+               "finally:\n"
+               "    print('tensorflow imported:', 'tensorflow' in sys.modules)\n")
+
+
 @pytest.mark.parametrize("case", ["401", "404-namespace"])
 def test_server_errors_in_a_subprocess(case, standin, token_file, package, tmp_path):
-    """What a user sees on stderr: one line, no warnings of kfp, no traceback, no retries."""
+    """What a user sees on stderr: one line, no warnings of kfp, no traceback, no retries;
+    and the submit path does not import TensorFlow."""
     server = standin(**SERVER_ERRORS[case][0])
     env = dict(os.environ, HOME=str(tmp_path), PYTHONPATH=ROOT)
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pipelines.rslad_pipeline", "submit",
+    proc = subprocess.run([sys.executable, "-c", RUN_AS_MAIN, "submit",
                            "--host", server.url, "--namespace", "team-a",
                            "--token-file", token_file, "--package", package],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
@@ -346,6 +357,7 @@ def test_server_errors_in_a_subprocess(case, standin, token_file, package, tmp_p
     _check_error_line([ln for ln in proc.stderr.splitlines() if ln.strip()], case, server,
                       proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and RUN_ID not in proc.stdout
+    assert proc.stdout.splitlines()[-1] == "tensorflow imported: False"
     assert time.monotonic() - started < 30
 
 
@@ -434,6 +446,7 @@ def test_wait_prints_task_changes_and_downloads_the_report(tmp_path, standin, to
         (lookup,) = server.find("GET", f"{API}/artifacts/{output}")
         assert lookup["query"] == {"view": "DOWNLOAD"}
     assert f"report: {os.path.join('out', 'report.md')}" in out
+    assert "| rslad | 50.1 |" in out  # the table is shown too
     assert err == ""
     assert_token_only_in_authorization(server, out, err)
 
