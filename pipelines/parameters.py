@@ -64,8 +64,8 @@ def describe(spec: dict) -> str:
     """A table of every run parameter: name, type, default (as JSON)."""
     params = definitions(spec)
     width = max(len(name) for name in params) + 2
-    lines = ["pipeline parameters (pass as --param NAME=VALUE; 0 and \"\" keep the preset's "
-             "value):", f"  {'NAME':<{width}}{'TYPE':<9}DEFAULT"]
+    lines = ["pipeline parameters (pass as --param NAME=VALUE; meanings in "
+             "pipelines/README.md):", f"  {'NAME':<{width}}{'TYPE':<9}DEFAULT"]
     for name, definition in params.items():
         kind = TYPE_NAMES.get(definition.get("parameterType"), definition.get("parameterType"))
         default = json.dumps(default_of(definition)) if "defaultValue" in definition else "-"
