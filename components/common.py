@@ -133,15 +133,15 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
     return name, kwargs
 
 
-def with_model_spec(config, spec: str):
-    """``config`` with its model replaced by ``spec`` (kwargs merged when the name is the
-    preset's own model, replaced otherwise)."""
+def model_spec_overrides(spec: str) -> dict:
+    """``"small_cnn:width=32"`` as overrides of `rslad_tf.overrides.apply`:
+    ``{"model": "small_cnn", "model_kwargs.width": 32}`` (``{}`` for ``""``). The kwargs
+    are merged into the preset's when the name is the preset's own model, and replace
+    them otherwise (a new model starts without keyword arguments)."""
     name, kwargs = parse_model_spec(spec)
     if not name:
-        return config
-    if name == config.model:
-        return config.replace(model_kwargs={**config.model_kwargs, **kwargs})
-    return config.replace(model=name, model_kwargs=kwargs)
+        return {}
+    return {"model": name, **{f"model_kwargs.{k}": v for k, v in kwargs.items()}}
 
 
 # -- dataset artifacts -----------------------------------------------------------------

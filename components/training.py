@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 
-from components.common import (RUN_SUBDIR, check_model_fits, tagged, with_model_spec,
-                               model_file, model_info, write_model_artifact)
+from components.common import (RUN_SUBDIR, check_model_fits, model_file, model_info,
+                               model_spec_overrides, tagged, write_model_artifact)
 from rslad_tf.errors import UserError
 
 CHECKPOINTS = ("best", "last")
@@ -55,43 +55,25 @@ def student_preset_name(dataset: str, method: str, model: str = "") -> str:
 def apply_overrides(config, manifest: dict, *, model: str = "", epochs: int = 0,
                     epsilon: float = 0.0, attack_steps: int = 0, max_steps: int = 0,
                     batch_size: int = 0, seed: int = 0, eval_n_examples: int = 0):
-    """The preset with the pipeline's overrides (0 / "" keep the preset's value).
+    """The preset with the pipeline's overrides (0 / "" keep the preset's value), applied
+    by `rslad_tf.overrides.apply`: the same rule as ``python -m rslad_tf.train``. A new
+    ``epochs`` scales the LR milestones, the selection interval and IAD's warm-up with it;
+    a new ``epsilon`` keeps the preset's step / eps ratio."""
+    from rslad_tf import overrides
+    from rslad_tf.presets import PresetError
 
-    A shorter ``epochs`` scales the epoch-based schedule with it (LR milestones, the
-    selection interval and IAD's warm-up), so a short run keeps the shape of a long one.
-    A new ``epsilon`` keeps the preset's step / eps ratio.
-    """
-    config = config.replace(dataset=manifest["dataset"], data_dir=manifest.get("data_dir"),
-                            seed=int(seed))
-    config = with_model_spec(config, model)
-    if epochs and int(epochs) != config.epochs:
-        ratio = int(epochs) / config.epochs
-        scale = lambda e: max(1, int(round(e * ratio)))  # noqa: E731
-        method_kwargs = dict(config.method_kwargs)
-        if "warmup_epochs" in method_kwargs:
-            method_kwargs["warmup_epochs"] = scale(method_kwargs["warmup_epochs"])
-        config = config.replace(epochs=int(epochs),
-                                lr_milestones=tuple(scale(m) for m in config.lr_milestones),
-                                eval_every=scale(config.eval_every),
-                                method_kwargs=method_kwargs)
-    if epsilon and float(epsilon) != config.epsilon:
-        config = config.replace(epsilon=float(epsilon),
-                                step_size=config.step_size / config.epsilon * float(epsilon))
-    if attack_steps:
-        config = config.replace(attack_steps=int(attack_steps))
-    if max_steps:
-        config = config.replace(max_steps=int(max_steps))
-    if batch_size:
-        config = config.replace(batch_size=int(batch_size))
-    if eval_n_examples:
-        config = config.replace(eval_n_examples=int(eval_n_examples))
-    try:
-        config.validate()
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
     if int(seed) < 0:
         raise UserError(f"seed must be non-negative, got {seed}")
-    return config
+    changes = {"dataset": manifest["dataset"], "data_dir": manifest.get("data_dir"),
+               "seed": int(seed), **model_spec_overrides(model),
+               "epochs": int(epochs) or None, "epsilon": float(epsilon) or None,
+               "attack_steps": int(attack_steps) or None, "max_steps": int(max_steps) or None,
+               "batch_size": int(batch_size) or None,
+               "eval_n_examples": int(eval_n_examples) or None}
+    try:
+        return overrides.apply(config, changes)
+    except PresetError as exc:
+        raise UserError(str(exc)) from None
 
 
 def describe_model(config) -> str:

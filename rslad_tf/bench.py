@@ -5,7 +5,7 @@ run.
 Reference configuration (what a straightforward port does): float32, no XLA, the teacher
 run on every batch, augmentation on the host (a per-image tf.data ``map``), batches copied
 from host memory. Optimised configuration: the fast paths that help on the device at hand
-(``OPTIMISED``; measured, see README "Speed"):
+(``OPTIMISED``; measured, see docs/speed.md):
 
 - CPU: the exact fast paths only: the training set on the device, the teacher soft-label
   cache, and the attack cut into 2 shards that run at the same time, one core each
@@ -377,8 +377,9 @@ def _serve(conn, shards: int, hide_gpu: bool, profile: Profile, specs) -> None:
     import traceback
 
     try:
-        import tensorflow as tf
+        from rslad_tf.quiet import import_tensorflow
 
+        tf = import_tensorflow()
         if hide_gpu:
             tf.config.set_visible_devices([], "GPU")
         from rslad_tf import runtime

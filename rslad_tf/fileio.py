@@ -69,16 +69,36 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+LEGACY_H5_SUFFIXES = (".h5", ".hdf5")
+
+
+def check_keras_archive(path: str, what: str = "model") -> None:
+    """`UserError` naming what ``path`` is when it cannot be a Keras model file: a
+    ``.keras`` file is a zip archive holding ``config.json`` (legacy ``.h5`` files are
+    left to Keras). Keras itself would report such a file as "File not found"."""
+    import zipfile
+
+    if path.lower().endswith(LEGACY_H5_SUFFIXES):
+        return
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{what} file {path!r} is not a Keras .keras archive (zip); pass a "
+                        "model saved with model.save('name.keras')")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise UserError(f"{what} file {path!r} is a damaged zip archive ({exc})") from None
+    if "config.json" not in names:
+        raise UserError(f"{what} file {path!r} is a zip archive but not a Keras .keras "
+                        "archive (no config.json in it)")
+
+
 def load_model(path: str, *, what: str = "model", expected_sha256: str | None = None):
     """Load a ``.keras`` file in Keras' safe mode (no arbitrary code from lambdas).
 
-    Raises `UserError` for a missing file, a checksum mismatch, or a file that is not a
-    Keras model.
+    Raises `UserError` for a missing file, a checksum mismatch, a file that is not a
+    ``.keras`` archive (`check_keras_archive`), or one that is not a Keras model.
     """
-    import keras
-
-    import rslad_tf.methods  # noqa: F401 - registers the method classes for loading
-
     if not os.path.isfile(path):
         raise UserError(f"{what} file {path!r} does not exist")
     if expected_sha256 is not None:
@@ -86,6 +106,11 @@ def load_model(path: str, *, what: str = "model", expected_sha256: str | None = 
         if actual.lower() != expected_sha256.lower():
             raise UserError(f"{what} file {path!r} has SHA-256 {actual}, expected "
                             f"{expected_sha256}; refusing to load it")
+    check_keras_archive(path, what)
+    import keras
+
+    import rslad_tf.methods  # noqa: F401 - registers the method classes for loading
+
     try:
         return keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means "not a model file"

@@ -52,8 +52,8 @@ def thread_pools(attack_shards: int, threads: int | None = None) -> tuple[int, i
 
 
 def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
-    """Quiet TensorFlow's C++ logs and size its thread pools to the machine; returns the
-    number of attack shards in effect.
+    """Import TensorFlow without its start-up lines (`rslad_tf.quiet`) and size its thread
+    pools to the machine; returns the number of attack shards in effect.
 
     Oversubscribed thread pools make CPU runs many times slower on small machines;
     ``RSLAD_TF_THREADS`` (or ``threads``) is the number of cores to use.
@@ -62,16 +62,16 @@ def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
     (`rslad_tf.attacks.pgd.pgd_graph`); the cores are then split between them: inter-op
     pool = shards, intra-op pool = cores // shards. "auto" is 2 on a machine without a GPU
     and with at least 2 cores (the small convolutions of a PGD step use two cores poorly
-    through intra-op threads: README "Speed"), else 1. With 1: intra-op = cores, inter-op
+    through intra-op threads: docs/speed.md), else 1. With 1: intra-op = cores, inter-op
     1-2. If TensorFlow is already initialised the pools cannot change, and shards are 1
     unless the existing inter-op pool can run them.
 
     The shards themselves change no result; the smaller intra-op pool can change the
     rounding of some CPU kernels, as any other thread count can.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+    from rslad_tf.quiet import import_tensorflow
 
+    tf = import_tensorflow()
     from rslad_tf.attacks.pgd import resolve_shards, set_shards
 
     gpus = tf.config.list_physical_devices("GPU")

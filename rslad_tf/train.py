@@ -27,7 +27,7 @@ import zipfile
 import numpy as np
 
 from rslad_tf import presets, runtime
-from rslad_tf.errors import UserError, run_cli
+from rslad_tf.errors import ArgumentParser, UserError, run_cli
 
 DEFAULT_RUNS_DIR = "runs"
 MIXED_PRECISION_FLAGS = presets.MIXED_PRECISION_CHOICES
@@ -45,33 +45,31 @@ def teacher_checkpoint(run_dir: str) -> str:
 
 
 def resolve_config(args) -> presets.TrainConfig:
-    """The preset with the command-line overrides applied, validated."""
+    """The preset with the command-line overrides (flags, then ``--set``) applied by
+    `rslad_tf.overrides.apply`, the rule the pipeline uses too; validated."""
+    from rslad_tf import overrides
+
     config = presets.get(args.preset)
-    if args.method is not None and args.method != config.method:
-        if args.method not in presets.METHOD_NAMES:
-            raise presets.PresetError(f"unknown method {args.method!r}; choose one of: "
-                                      f"{', '.join(presets.METHOD_NAMES)}")
-        config = config.replace(method=args.method,
-                                method_kwargs=presets.method_defaults(args.method))
-        if config.needs_teacher and config.teacher_preset is None and args.teacher is None:
-            raise UserError(f"method {args.method!r} distils from a teacher: pass --teacher PATH")
-    overrides = {
-        "epochs": args.epochs, "batch_size": args.batch_size, "seed": args.seed,
-        "max_steps": args.max_steps, "teacher_path": args.teacher, "epsilon": args.epsilon,
-        "eval_n_examples": args.eval_n_examples, "data_dir": args.data_dir,
-        "save_every_steps": args.save_every_steps, "deterministic": args.deterministic or None,
+    changes = {
+        "method": args.method, "epochs": args.epochs, "batch_size": args.batch_size,
+        "seed": args.seed, "max_steps": args.max_steps, "teacher_path": args.teacher,
+        "epsilon": args.epsilon, "eval_n_examples": args.eval_n_examples,
+        "data_dir": args.data_dir, "save_every_steps": args.save_every_steps,
+        "deterministic": args.deterministic or None,
         "jit_compile": _JIT_FLAG.get(getattr(args, "jit_compile", None)),
         "mixed_precision": getattr(args, "mixed_precision", None),
         "device_data": getattr(args, "device_data", None),
         "teacher_cache": getattr(args, "teacher_cache", False) or None,
         "fold_attack_bn": getattr(args, "fold_attack_bn", False) or None,
     }
-    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
-    if args.epsilon is not None:
-        # Keep the preset's step / eps ratio (2/255 per 8/255 in the paper).
-        preset = presets.get(args.preset)
-        config = config.replace(step_size=preset.step_size / preset.epsilon * args.epsilon)
-    config.validate()
+    sets = overrides.parse_set(getattr(args, "set", None))
+    twice = sorted(k for k in sets if changes.get(k) is not None)
+    if twice:
+        raise UserError(f"{twice[0]} is given both as a flag and with --set; give it once")
+    config = overrides.apply(config, {**changes, **sets})
+    if (args.method is not None and config.needs_teacher and config.teacher_preset is None
+            and config.teacher_path is None):
+        raise UserError(f"method {config.method!r} distils from a teacher: pass --teacher PATH")
     return config
 
 
@@ -458,6 +456,9 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     log(f"[{config.preset}] {config.method} on {config.dataset}: {config.model}, "
         f"{config.epochs} epochs x {steps_per_epoch} steps, batch {config.batch_size}, "
         f"eps {config.epsilon:.4g} -> {out_dir}")
+    from rslad_tf.overrides import describe
+
+    log(describe(config))
     if config.mixed_precision != "off" or config.jit_compile != "auto":
         log(f"speed: mixed precision {config.mixed_precision}, jit_compile "
             f"{method.jit_compile}")
@@ -533,7 +534,7 @@ def _last_value(history, key):
 
 # -- command line ----------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m rslad_tf.train",
         description="Train a robust teacher or distil a student from a named preset.")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
@@ -564,7 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="enable TensorFlow's deterministic ops (bit-exact resume on CPU)")
     parser.add_argument("--no-final-eval", action="store_true",
                         help="skip the full evaluation suite at the end of the run")
-    speed = parser.add_argument_group("speed (README: Speed)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override any field of the preset (repeatable), e.g. --set "
+                             "learning_rate=0.1 --set lr_milestones=[20,25] --set "
+                             "model_kwargs.width=8 (docs/training.md: Overrides)")
+    speed = parser.add_argument_group("speed (docs/speed.md)")
     speed.add_argument("--jit-compile", choices=("auto", "on", "off"),
                        help="XLA for the training step (default auto: on GPU only)")
     speed.add_argument("--mixed-precision", choices=MIXED_PRECISION_FLAGS,
@@ -594,11 +599,15 @@ def main(argv=None) -> None:
     config = resolve_config(args)
     attack_shards = runtime.attack_shards_from(args)
     out_dir = args.out or default_out_dir(config.preset, args.runs_dir)
-    # Check the output location before any slow import or data loading.
+    # Check the output location and the teacher file before any slow import or data loading.
     prepare_out_dir(out_dir, args.resume)
+    if config.needs_teacher and not args.resume:
+        from rslad_tf import fileio
+
+        fileio.check_keras_archive(find_teacher(config, args.runs_dir), "teacher")
     shards = runtime.configure(attack_shards=attack_shards)
     if shards > 1:
-        print(f"speed: training attack in {shards} shards run side by side", file=sys.stderr)
+        print(f"speed: training attack in {shards} shards run side by side")
     if args.download:
         from rslad_tf.data import cifar
 

@@ -310,7 +310,7 @@ def test_cli_missing_or_invalid_checkpoint(tmp_path, capsys):
     bad = tmp_path / "bad.keras"
     bad.write_text("not a model")
     code, _, err = _cli([str(bad), "--attacks", "clean"], capsys)
-    assert code == 2 and "not a loadable Keras model" in err
+    assert code == 2 and "not a Keras .keras archive (zip)" in err
     assert len(err.strip().splitlines()) == 1
 
 
