@@ -339,6 +339,7 @@ def evaluate(model, *, dataset: str = "digits", data_dir: str | None = None, att
         "checkpoint_path": os.path.abspath(checkpoint_path) if checkpoint_path else None,
         "eps": eps,
         "n_examples": n,
+        "params": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         "seed": int(seed),
         "batch_size": int(batch_size),
         "autoattack_impl": impl,

@@ -1,6 +1,6 @@
 """Paper-style tables and plots from eval JSON files; `python -m rslad_tf.report`.
 
-Table layout of the paper (PAPER.md section 5): one row per dataset x model x method x
+Table layout of the paper (docs/paper.md section 5): one row per dataset x model x method x
 checkpoint (best / last), columns Clean, FGSM, PGD_SAT, PGD_TRADES, CW_inf, AA, and the
 black-box columns (PGD-20 transfer, CW_inf transfer, Square) when any input has them.
 Several eval JSONs of the same (dataset, model, method, checkpoint, eps), e.g. runs of one
@@ -32,7 +32,7 @@ KEY_FIELDS = ("dataset", "model", "method", "checkpoint", "eps")
 REQUIRED = ("dataset", "model")
 METHOD_ORDER = ("natural", "sat", "trades", "ard", "iad", "rslad")
 CHECKPOINT_ORDER = ("best", "last")
-FORMATS = ("md", "csv", "json")
+FORMATS = ("md", "csv", "json", "robustbench")
 MISSING = "-"
 
 
@@ -133,6 +133,10 @@ def build_table(evals) -> list[dict]:
                                           if m.get(k) is not None])
                           for label, k in columns}
         row["black_box"] = has_black_box
+        # Trainable parameters of the evaluated model (eval JSONs record them since 0.1).
+        row["params"] = next((m["params"] for m in members if m.get("params")), None)
+        impls = sorted({str(m["autoattack_impl"]) for m in members if m.get("autoattack_impl")})
+        row["autoattack_impl"] = ", ".join(impls) or None
         row["source"] = "ours"
         rows.append(row)
     rows.sort(key=_sort_key)
@@ -198,9 +202,14 @@ def _labels(rows) -> list[str]:
 
 
 def render(rows, fmt: str = "md") -> str:
-    """The table as Markdown ("md"), CSV ("csv", mean and std in separate columns) or JSON."""
+    """The table as Markdown ("md"), CSV ("csv", mean and std in separate columns), JSON,
+    or RobustBench's model-info fields ("robustbench", `rslad_tf.robustbench`)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "robustbench":
+        from rslad_tf import robustbench
+
+        return robustbench.render(rows, format_eps)
     labels = _labels(rows)
     if fmt == "json":
         return json.dumps(rows, indent=2, sort_keys=True) + "\n"
@@ -223,14 +232,19 @@ def render(rows, fmt: str = "md") -> str:
                          [f"{stats['mean']:.2f}", f"{stats['std']:.2f}"])
             writer.writerow(line)
         return buf.getvalue()
-    head = ["Source", "Dataset", "Model", "Method", "Checkpoint", "eps", "Runs"] + labels
+    # A "Params" column (trainable parameters) when any row knows its model's size.
+    params = any(row.get("params") for row in rows)
+    head = (["Source", "Dataset", "Model"] + (["Params"] if params else [])
+            + ["Method", "Checkpoint", "eps", "Runs"] + labels)
     lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join(["---"] * 7 + ["---:"] * len(labels)) + "|"]
+             "|" + "|".join(["---"] * (7 + params) + ["---:"] * len(labels)) + "|"]
     for row in rows:
-        cells = [row.get("source", "ours"), str(row["dataset"]), str(row["model"]),
-                 row["method"] or MISSING, row["checkpoint"] or MISSING,
-                 format_eps(row["eps"]),
-                 MISSING if row["n_runs"] is None else str(row["n_runs"])]
+        cells = [row.get("source", "ours"), str(row["dataset"]), str(row["model"])]
+        if params:
+            cells.append(f"{row['params']:,}" if row.get("params") else MISSING)
+        cells += [row["method"] or MISSING, row["checkpoint"] or MISSING,
+                  format_eps(row["eps"]),
+                  MISSING if row["n_runs"] is None else str(row["n_runs"])]
         cells += [_cell(row["columns"].get(label)) for label in labels]
         lines.append("| " + " | ".join(cells) + " |")
     note = ("Accuracy in %; mean ± sample std over runs when Runs > 1; '-' = not evaluated. "
@@ -359,7 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Paper-style table (and plots) from run directories or eval JSON files.")
     parser.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_JSON",
                         help="run directories (their eval_best/eval_last.json) or eval JSONs")
-    parser.add_argument("--format", default="md", choices=FORMATS, help="table format")
+    parser.add_argument("--format", default="md", choices=FORMATS,
+                        help="table format; robustbench: one RobustBench model-info JSON "
+                             "object per row (clean_acc, autoattack_acc, eps, ...)")
     parser.add_argument("--out", help="write the table to this file (default: print it)")
     parser.add_argument("--plot-dir", help="write clean_vs_aa.png and, for run directories, "
                                            "eps_sweep.png (a PGD sweep of best checkpoints)")

@@ -241,3 +241,45 @@ def test_model_card_puts_the_paper_next_to_ours(evals):
     assert sources[i - 1][:1] == ("rslad",) and sources[i - 1][2] == "ours"
     text = report.render(rows, "md")
     assert "| paper (Zi et al. 2021) |" in text and "| ours |" in text
+
+
+def test_params_column_when_the_evals_record_it(evals):
+    for ev in evals:
+        ev["params"] = 11173962 if ev["method"] == "rslad" else 2296922
+    lines = report.render(report.build_table(evals), "md").splitlines()
+    assert lines[0].startswith("| Source | Dataset | Model | Params | Method |")
+    rslad = next(line for line in lines if "| rslad | best |" in line)
+    assert "| 11,173,962 |" in rslad
+    assert len(lines[1].split("|")) == len(lines[0].split("|"))
+
+
+def test_robustbench_format_has_the_leaderboard_fields(tmp_path, evals, capsys):
+    paths = [_write(tmp_path, f"e{i}.json", dict(ev, autoattack_impl="native"))
+             for i, ev in enumerate(evals)]
+    code, out, err = _cli(paths + ["--format", "robustbench"], capsys)
+    assert code == 0, err
+    entries = json.loads(out)
+    assert len(entries) == 3  # sat best, rslad best (3 runs), rslad last; no paper rows
+    sat, rslad, last = entries
+    for entry in entries:
+        assert {"name", "dataset", "threat_model", "eps", "clean_acc", "autoattack_acc",
+                "architecture", "number_forward_passes", "additional_data",
+                "footnote"} <= set(entry)
+        assert entry["dataset"] == "cifar10" and entry["threat_model"] == "Linf"
+        assert entry["eps"] == "8/255" and entry["architecture"] == "ResNet-18"
+        assert entry["number_forward_passes"] == 1 and entry["additional_data"] is False
+    # RobustBench writes accuracies as text with two decimals
+    assert (rslad["clean_acc"], rslad["autoattack_acc"]) == ("84.00", "53.00")
+    assert "mean of 3 training runs, AutoAttack std 2.00" in rslad["footnote"]
+    assert "native" in rslad["footnote"] and last["autoattack_acc"] == "49.50"
+    assert sat["autoattack_acc"] is None and "AutoAttack was not run" in sat["footnote"]
+
+
+def test_robustbench_notes_a_partial_test_set():
+    from rslad_tf import robustbench
+
+    row = report.build_table([_eval("trades", model="small_cnn(width=16)", dataset="digits",
+                                    **dict(FULL, n_examples=200))])[0]
+    (entry,) = robustbench.entries([row], report.format_eps)
+    assert entry["architecture"] == "small CNN (width=16)" and entry["n_examples"] == 200
+    assert "first 200 test points (RobustBench uses 10,000)" in entry["footnote"]
