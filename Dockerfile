@@ -36,12 +36,15 @@ RUN python -m pip install -r requirements.txt \
     fi \
  && if [ "$REFERENCE_AA" = "1" ]; then python -m pip install -r requirements-dev.txt; fi
 
-# The package itself (rslad_tf, components, pipelines), without touching the pinned
-# dependencies; the import check fails the build instead of the first pipeline step.
+# The library (rslad_tf) is installed without touching the pinned dependencies; the
+# pipeline's folders (components, pipelines: generic names, not installed into
+# site-packages) are imported from /opt/rslad_tf on PYTHONPATH, in every step. The import
+# check, from another directory, fails the build instead of the first pipeline step.
 COPY pyproject.toml README.md ./
 COPY rslad_tf ./rslad_tf
 COPY components ./components
 COPY pipelines ./pipelines
+ENV PYTHONPATH=/opt/rslad_tf
 RUN python -m pip install --no-deps . \
  && cd / && python -c "import rslad_tf, components, pipelines.rslad_pipeline, kfp, tensorflow"
 

@@ -1,5 +1,6 @@
-"""make_report: the paper-style table of every method (white- and black-box columns) as
-Markdown, the table as JSON, and a plot of clean accuracy against AutoAttack accuracy."""
+"""make_report: the paper-style table of the teacher and every method (white- and
+black-box columns, each model's trainable parameters) as Markdown, the table as JSON, and
+a plot of clean accuracy against AutoAttack accuracy."""
 
 # No `from __future__ import annotations`: kfp reads the wrapper's annotations as types.
 import base64
@@ -75,10 +76,24 @@ def _placeholder_plot(path: str, message: str) -> None:
     plt.close(fig)
 
 
+TEACHER = "teacher"
+
+
+def teacher_row(teacher_file: str) -> dict:
+    """The teacher's white-box eval JSON as a row of the students' table: its method
+    becomes ``teacher (<method>)`` so that it is never mixed with a student's row."""
+    result = _load_eval(teacher_file)
+    return dict(result, method=f"{TEACHER} ({result.get('method') or '?'})", role=TEACHER)
+
+
 def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_file: str,
-                   table_file: str, plot_file: str, *, title: str = "RSLAD: robustness of "
-                   "the distilled students", log=print) -> list:
-    """Write the report (Markdown), the table (JSON) and the plot (PNG); returns the rows."""
+                   table_file: str, plot_file: str, *, teacher_file: str = "",
+                   title: str = "RSLAD: robustness of the distilled students",
+                   log=print) -> list:
+    """Write the report (Markdown), the table (JSON) and the plot (PNG); returns the rows.
+
+    ``teacher_file``: the teacher's white-box eval JSON; its row comes first, with the
+    students' rows below it (each row with the trainable parameters of its model)."""
     from rslad_tf import fileio, report
 
     if not whitebox_files and not blackbox_files:
@@ -86,6 +101,11 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
     evals = merge_evals([_load_eval(p) for p in whitebox_files],
                         [_load_eval(p) for p in blackbox_files])
     rows = report.build_table(evals)
+    if teacher_file:
+        teacher = report.build_table([teacher_row(teacher_file)])
+        for row in teacher:
+            row["role"] = TEACHER
+        rows = teacher + rows
     table_md = report.render(rows, fmt="md")
     fileio.write_text(table_file, report.render(rows, fmt="json"))
     # The plot goes through a .png name: the artifact path has no suffix to infer a format.
@@ -132,13 +152,15 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
 
 @component
 def make_report(whitebox: Input[List[Artifact]], blackbox: Input[List[Artifact]],
-                report: Output[Markdown], table: Output[Artifact], plot: Output[Artifact]):
-    """The paper's table for all methods: Markdown report, table JSON, plot PNG."""
+                teacher: Input[Artifact], report: Output[Markdown], table: Output[Artifact],
+                plot: Output[Artifact]):
+    """The paper's table for the teacher and all methods: Markdown report, table JSON,
+    plot PNG."""
     from components.common import configure_runtime
     from components.make_report import make_report_fn
 
     configure_runtime(tensorflow=False)
     rows = make_report_fn([a.path for a in whitebox], [a.path for a in blackbox],
-                          report.path, table.path, plot.path)
+                          report.path, table.path, plot.path, teacher_file=teacher.path)
     table.metadata["rows"] = len(rows)
     plot.metadata["format"] = "png"

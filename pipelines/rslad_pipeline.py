@@ -16,6 +16,9 @@ Graph::
                                                             └─ evaluate_blackbox ┴┴─ make_report
                                                                     (dsl.Collected)
 
+The teacher from ``import_teacher`` is evaluated white-box too (``evaluate-teacher``): its
+row heads the report's table.
+
 Design notes (kfp 2.17.3):
 
 - The teacher is always ``train_teacher -> import_teacher``: with ``teacher_uri`` set, the
@@ -164,8 +167,15 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
                                            square_options=square_options, **eval_args)
             accelerate(blackbox.set_display_name("evaluate-blackbox"), cache=True)
 
+        # The teacher's white-box row heads the table (the paper reports its teacher too).
+        teacher_eval = c.evaluate_whitebox(data=data.outputs["data"],
+                                           model=teacher.outputs["teacher"],
+                                           attacks=whitebox_attacks,
+                                           autoattack_options=autoattack_options, **eval_args)
+        accelerate(teacher_eval.set_display_name("evaluate-teacher"), cache=True)
         report = c.make_report(whitebox=dsl.Collected(whitebox.outputs["results"]),
-                               blackbox=dsl.Collected(blackbox.outputs["results"]))
+                               blackbox=dsl.Collected(blackbox.outputs["results"]),
+                               teacher=teacher_eval.outputs["results"])
         report.set_display_name("make-report")
         return ReportOutputs(report=report.outputs["report"], table=report.outputs["table"],
                              plot=report.outputs["plot"])
@@ -223,9 +233,9 @@ def _find_outputs(run_root: str) -> dict:
 
 
 def count_steps(params: dict) -> int:
-    """Steps a run executes: data, teacher (train + import), surrogate, report, and three
-    per method (train, white-box, black-box)."""
-    return 5 + 3 * len(params.get("methods", METHOD_NAMES))
+    """Steps a run executes: data, teacher (train, import, white-box evaluation),
+    surrogate, report, and three per method (train, white-box, black-box)."""
+    return 6 + 3 * len(params.get("methods", METHOD_NAMES))
 
 
 @contextlib.contextmanager

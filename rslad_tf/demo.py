@@ -68,6 +68,19 @@ def describe_plan(params: dict, threads: int) -> str:
             f"{threads} TensorFlow thread(s) per step")
 
 
+def _pipeline():
+    """(LOCAL_PRESETS, run_local) of the repository's pipelines/ folder, which is not
+    installed with the package (pyproject.toml); a one-line error outside a checkout."""
+    try:
+        from pipelines.rslad_pipeline import LOCAL_PRESETS, run_local
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("pipelines", "components"):
+            raise
+        raise UserError("the demo runs the pipeline of the repository's pipelines/ folder: run "
+                        "it from the root of a checkout (`make demo`)") from None
+    return LOCAL_PRESETS, run_local
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rslad_tf.demo",
@@ -88,7 +101,7 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.threads <= 0:
         raise UserError(f"--threads must be positive, got {args.threads}")
-    from pipelines.rslad_pipeline import LOCAL_PRESETS, run_local
+    LOCAL_PRESETS, run_local = _pipeline()
 
     preset = "digits-tiny" if args.quick else "digits"
     params = dict(LOCAL_PRESETS[preset])
