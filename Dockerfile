@@ -46,7 +46,8 @@ COPY components ./components
 COPY pipelines ./pipelines
 ENV PYTHONPATH=/opt/rslad_tf
 RUN python -m pip install --no-deps . \
- && cd / && python -c "import rslad_tf, components, pipelines.rslad_pipeline, kfp, tensorflow"
+ && cd / && python -c "import rslad_tf, components, pipelines.rslad_pipeline, kfp, tensorflow, \
+                              ai_edge_litert.interpreter, onnxruntime, tf2onnx"
 
 # kfp lightweight components start `python3 -m kfp.dsl.executor_main` themselves.
 WORKDIR /

@@ -17,6 +17,7 @@ from components.common import DEFAULT_IMAGE, IMAGE_ENV, component, image
 from components.distill_student import distill_student
 from components.evaluate_blackbox import evaluate_blackbox
 from components.evaluate_whitebox import evaluate_whitebox
+from components.export_student import export_student
 from components.import_teacher import import_teacher
 from components.make_report import make_report
 from components.prepare_data import prepare_data
@@ -30,6 +31,7 @@ ALL = {
     "distill_student": distill_student,
     "evaluate_whitebox": evaluate_whitebox,
     "evaluate_blackbox": evaluate_blackbox,
+    "export_student": export_student,
     "make_report": make_report,
 }
 

@@ -17,7 +17,8 @@ from rslad_tf.errors import UserError
 IMPL_TEXT = {"native": "the toolkit's TensorFlow implementation (rslad_tf.attacks.autoattack)",
              "reference": "the reference code (pyautoattack) under Keras' torch backend"}
 # What identifies one evaluated model: its white-box and black-box results merge on it.
-ROW_KEY = ("dataset", "method", "model", "checkpoint")
+# An exported artifact's eval (export_student) is a row of its own, after its float model.
+ROW_KEY = ("dataset", "method", "model", "checkpoint", "artifact_format")
 
 
 def _load_eval(path: str) -> dict:
@@ -86,8 +87,24 @@ def teacher_row(teacher_file: str) -> dict:
     return dict(result, method=f"{TEACHER} ({result.get('method') or '?'})", role=TEACHER)
 
 
+def _load_artifact_evals(path: str) -> list[dict]:
+    """The list of artifact eval JSONs an export_student step wrote (empty when it
+    exported nothing)."""
+    try:
+        with open(path) as f:
+            evals = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path!r} is not an export_student results file ({exc})") from None
+    if not isinstance(evals, list) or not all(
+            isinstance(e, dict) and e.get("artifact_format") for e in evals):
+        raise UserError(f"{path!r} is not an export_student results file (a list of "
+                        "artifact eval JSONs)")
+    return evals
+
+
 def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_file: str,
                    table_file: str, plot_file: str, *, teacher_file: str = "",
+                   artifact_files: list[str] = (),
                    title: str = "RSLAD: robustness of the distilled students",
                    log=print) -> list:
     """Write the report (Markdown), the table (JSON) and the plot (PNG); returns the rows.
@@ -100,6 +117,7 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
         raise UserError("no evaluation results to report")
     evals = merge_evals([_load_eval(p) for p in whitebox_files],
                         [_load_eval(p) for p in blackbox_files])
+    evals += [ev for p in artifact_files for ev in _load_artifact_evals(p)]
     rows = report.build_table(evals)
     if teacher_file:
         teacher = report.build_table([teacher_row(teacher_file)])
@@ -142,6 +160,11 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
                                                                 for i in impls))
     settings.append("- accuracies in percent; AA = AutoAttack (APGD-CE, APGD-T, FAB-T, "
                     "Square)")
+    if any(e.get("artifact_format") for e in evals):
+        settings.append("- exported artifacts (Format other than keras): the white-box columns "
+                        "are the float student's adversarial images classified by the "
+                        "artifact, Square queries the artifact itself; Size on disk, CPU "
+                        "latency per image at batch 1 (median)")
     text = "\n".join([f"# {title}", "", *settings, "", table_md.rstrip(), "",
                       "![clean vs AutoAttack accuracy](data:image/png;base64,"
                       + base64.b64encode(png_bytes).decode("ascii") + ")", ""])
@@ -152,8 +175,8 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
 
 @component
 def make_report(whitebox: Input[List[Artifact]], blackbox: Input[List[Artifact]],
-                teacher: Input[Artifact], report: Output[Markdown], table: Output[Artifact],
-                plot: Output[Artifact]):
+                teacher: Input[Artifact], artifacts: Input[List[Artifact]],
+                report: Output[Markdown], table: Output[Artifact], plot: Output[Artifact]):
     """The paper's table for the teacher and all methods: Markdown report, table JSON,
     plot PNG."""
     from components.common import configure_runtime
@@ -161,6 +184,7 @@ def make_report(whitebox: Input[List[Artifact]], blackbox: Input[List[Artifact]]
 
     configure_runtime(tensorflow=False)
     rows = make_report_fn([a.path for a in whitebox], [a.path for a in blackbox],
-                          report.path, table.path, plot.path, teacher_file=teacher.path)
+                          report.path, table.path, plot.path, teacher_file=teacher.path,
+                          artifact_files=[a.path for a in artifacts])
     table.metadata["rows"] = len(rows)
     plot.metadata["format"] = "png"

@@ -109,6 +109,7 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         autoattack_options: str = "",
         square_options: str = "",
         autoattack_impl: str = "",
+        export_formats: str = "",
         accelerator_type: str = DEFAULT_ACCELERATOR,
         accelerator_count: int = 1,
     ) -> ReportOutputs:
@@ -118,7 +119,9 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         AutoAttack (white-box) and Square (black-box) settings, e.g. ``{"n_queries": 1000}``,
         for smoke tests and time budgets ("" = the paper's settings; the report says when
         they were changed). ``autoattack_impl``: "native" (the toolkit's TensorFlow
-        AutoAttack and Square) or "reference" (pyautoattack); "" = the suite's default."""
+        AutoAttack and Square) or "reference" (pyautoattack); "" = the suite's default.
+        ``export_formats``: comma-separated artifacts to export and evaluate per student
+        (saved_model, litert, litert-int8, onnx; docs/export.md); "" = none."""
         device = dict(device_type=accelerator_type,
                       device_count=accelerator_count if accelerators else 0)
         train_args = dict(epsilon=epsilon, attack_steps=attack_steps, max_steps=max_steps,
@@ -166,6 +169,14 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
                                            attacks=blackbox_attacks,
                                            square_options=square_options, **eval_args)
             accelerate(blackbox.set_display_name("evaluate-blackbox"), cache=True)
+            # Deployment artifacts, evaluated as they ship (CPU: no accelerator).
+            exported = c.export_student(data=data.outputs["data"],
+                                        model=student.outputs["student"],
+                                        surrogate=surrogate.outputs["surrogate"],
+                                        formats=export_formats, n_examples=eval_n_examples,
+                                        epsilon=epsilon, batch_size=eval_batch_size, seed=seed,
+                                        square_options=square_options)
+            exported.set_display_name("export-student").set_caching_options(True)
 
         # The teacher's white-box row heads the table (the paper reports its teacher too).
         teacher_eval = c.evaluate_whitebox(data=data.outputs["data"],
@@ -175,7 +186,8 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         accelerate(teacher_eval.set_display_name("evaluate-teacher"), cache=True)
         report = c.make_report(whitebox=dsl.Collected(whitebox.outputs["results"]),
                                blackbox=dsl.Collected(blackbox.outputs["results"]),
-                               teacher=teacher_eval.outputs["results"])
+                               teacher=teacher_eval.outputs["results"],
+                               artifacts=dsl.Collected(exported.outputs["results"]))
         report.set_display_name("make-report")
         return ReportOutputs(report=report.outputs["report"], table=report.outputs["table"],
                              plot=report.outputs["plot"])
@@ -234,8 +246,8 @@ def _find_outputs(run_root: str) -> dict:
 
 def count_steps(params: dict) -> int:
     """Steps a run executes: data, teacher (train, import, white-box evaluation),
-    surrogate, report, and three per method (train, white-box, black-box)."""
-    return 6 + 3 * len(params.get("methods", METHOD_NAMES))
+    surrogate, report, and four per method (train, white-box, black-box, export)."""
+    return 6 + 4 * len(params.get("methods", METHOD_NAMES))
 
 
 @contextlib.contextmanager
@@ -404,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-examples", type=int, help="test images per evaluation")
     p.add_argument("--whitebox-attacks", help=f"subset of {','.join(WHITEBOX_ATTACKS)}")
     p.add_argument("--blackbox-attacks", help=f"subset of {','.join(BLACKBOX_ATTACKS)}")
+    p.add_argument("--export-formats", help="export and evaluate each student as these "
+                                            "artifacts: saved_model,litert,litert-int8,onnx "
+                                            "(default none; docs/export.md)")
     p.add_argument("--teacher-uri", help="import this .keras teacher instead of training one")
     p.add_argument("--teacher-sha256", help="expected SHA-256 of --teacher-uri")
     p.add_argument("--seed", type=int, help="random seed")
@@ -444,9 +459,14 @@ def main(argv=None) -> None:
                      "eval_n_examples": args.n_examples, "seed": args.seed,
                      "whitebox_attacks": args.whitebox_attacks,
                      "blackbox_attacks": args.blackbox_attacks,
+                     "export_formats": args.export_formats,
                      "teacher_uri": args.teacher_uri, "teacher_sha256": args.teacher_sha256}
         if args.methods:
             overrides["methods"] = parse_methods(args.methods)
+        if args.export_formats:
+            from components.export_student import parse_formats
+
+            parse_formats(args.export_formats)  # a bad format: one line before the run
         for name in ("epochs", "teacher_epochs", "surrogate_epochs", "max_steps",
                      "n_examples"):
             value = getattr(args, name)

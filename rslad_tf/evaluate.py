@@ -604,6 +604,12 @@ def format_table(result: dict) -> str:
     head = (f"{result.get('checkpoint_path') or result.get('checkpoint') or result['model']}"
             f"  ({result['dataset']}, {result['model']}, {result.get('method') or '-'})\n"
             f"eps {result['eps']:.5g}, {result['n_examples']} test points, seed {result['seed']}")
+    if result.get("artifact_format"):
+        latency = result.get("latency") or {}
+        head += (f"\n{result['artifact_format']} artifact {result.get('artifact_path')}: "
+                 f"{result['size_bytes'] / 1024:.1f} KiB, {latency.get('median_ms', 0):.3f} ms "
+                 f"per image at batch 1 ({latency.get('threads')} thread(s)); white-box "
+                 "attacks crafted on the source checkpoint")
     lines = [head, f"{'attack':<18}{'accuracy':>10}{'seconds':>10}"]
     for name in ATTACKS:
         key = f"{name}_acc"
@@ -622,7 +628,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m rslad_tf.evaluate",
         description="Evaluate a checkpoint with the paper's protocol (Clean, FGSM, PGD_SAT, "
                     "PGD_TRADES, CW_inf, AutoAttack; transfer and Square on request).")
-    parser.add_argument("checkpoint", help=".keras file of the model to evaluate")
+    parser.add_argument("checkpoint", help=".keras file of the model to evaluate, or an "
+                                           "exported artifact (SavedModel directory, .tflite, "
+                                           ".onnx of `python -m rslad_tf.export`) with --source")
+    parser.add_argument("--source", help="artifacts: the float .keras checkpoint it was "
+                                         "exported from (the white-box attacks are crafted "
+                                         "on it)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="artifacts: CPU threads of the LiteRT / ONNX runtime (default 1; "
+                             "a SavedModel uses TensorFlow's pool)")
+    parser.add_argument("--latency-repeats", type=int, default=200,
+                        help="artifacts: timed calls at batch 1 for the latency (median)")
     parser.add_argument("--dataset", help="test set (default: the run's dataset when the "
                                           "checkpoint lies in a run directory, else digits)")
     parser.add_argument("--data-dir", help="local dataset files (CIFAR archives or TFDS dir)")
@@ -652,8 +668,26 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     # Cheap checks first: no TensorFlow import before the input is known to be usable.
-    if not os.path.isfile(args.checkpoint):
+    from rslad_tf import artifacts
+
+    # An exported artifact (SavedModel, .tflite, .onnx) is evaluated by
+    # `rslad_tf.artifact_eval`, its white-box attacks crafted on --source.
+    is_artifact = artifacts.is_artifact(args.checkpoint) or os.path.isdir(args.checkpoint)
+    if is_artifact:
+        artifacts.container_of(args.checkpoint)  # missing or unknown kind: one line
+        if args.source is None:
+            raise UserError("an exported artifact is evaluated against the float checkpoint "
+                            "it was exported from: pass --source CKPT.keras")
+        if not os.path.isfile(args.source):
+            raise UserError(f"source checkpoint file {args.source!r} does not exist")
+        if args.autoattack == "reference":
+            raise UserError("--autoattack reference runs a .keras file under PyTorch; an "
+                            "artifact is attacked by the native implementation only")
+    elif not os.path.isfile(args.checkpoint):
         raise UserError(f"checkpoint file {args.checkpoint!r} does not exist")
+    elif args.source is not None:
+        raise UserError("--source names the checkpoint an exported artifact came from; "
+                        f"{args.checkpoint!r} is not an artifact (drop --source)")
     if args.surrogate is not None and not os.path.isfile(args.surrogate):
         raise UserError(f"surrogate file {args.surrogate!r} does not exist")
     attack_shards = runtime.attack_shards_from(args)
@@ -661,7 +695,7 @@ def main(argv=None) -> None:
     _check_numbers(args.n_examples, args.batch_size, args.eps, args.autoattack_batch_size)
     if args.out and os.path.exists(args.out):
         raise UserError(f"{args.out!r} already exists; choose another --out")
-    run_config = _run_config_for(args.checkpoint) or {}
+    run_config = _run_config_for(args.source if is_artifact else args.checkpoint) or {}
     dataset = args.dataset or run_config.get("dataset") or "digits"
     from rslad_tf.data import spec
 
@@ -674,12 +708,24 @@ def main(argv=None) -> None:
 
     runtime.configure(attack_shards=attack_shards)
     share_gpu_memory()
-    result = evaluate(args.checkpoint, dataset=dataset, data_dir=data_dir, attacks=attacks,
-                      n_examples=args.n_examples, batch_size=args.batch_size, eps=eps,
-                      seed=args.seed, surrogate=args.surrogate,
-                      autoattack_batch_size=args.autoattack_batch_size,
-                      autoattack=args.autoattack,
-                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    if is_artifact:
+        from rslad_tf.artifact_eval import evaluate_artifact
+
+        result = evaluate_artifact(
+            args.checkpoint, source=args.source, surrogate=args.surrogate, dataset=dataset,
+            data_dir=data_dir, attacks=None if args.attacks is None else attacks,
+            n_examples=args.n_examples, batch_size=args.batch_size, eps=eps, seed=args.seed,
+            autoattack_batch_size=args.autoattack_batch_size, threads=args.threads,
+            latency_repeats=args.latency_repeats,
+            log=lambda m: print(m, file=sys.stderr, flush=True))
+    else:
+        result = evaluate(args.checkpoint, dataset=dataset, data_dir=data_dir,
+                          attacks=attacks, n_examples=args.n_examples,
+                          batch_size=args.batch_size, eps=eps, seed=args.seed,
+                          surrogate=args.surrogate,
+                          autoattack_batch_size=args.autoattack_batch_size,
+                          autoattack=args.autoattack,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
     if run_config:
         result.setdefault("preset", run_config.get("preset"))
         result.setdefault("train_seed", run_config.get("seed"))

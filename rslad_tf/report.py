@@ -137,6 +137,11 @@ def build_table(evals) -> list[dict]:
         row["params"] = next((m["params"] for m in members if m.get("params")), None)
         impls = sorted({str(m["autoattack_impl"]) for m in members if m.get("autoattack_impl")})
         row["autoattack_impl"] = ", ".join(impls) or None
+        # False when any run's AutoAttack was not the standard version (smoke tests).
+        standard = [m["attacks"]["autoattack"].get("standard") for m in members
+                    if isinstance((m.get("attacks") or {}).get("autoattack"), dict)]
+        row["autoattack_standard"] = (None if not standard
+                                      else all(v is not False for v in standard))
         row["source"] = "ours"
         rows.append(row)
     rows.sort(key=_sort_key)

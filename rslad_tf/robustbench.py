@@ -54,6 +54,9 @@ def entry(row: dict, format_eps=str) -> dict:
         notes.append(f"mean of {row['n_runs']} training runs{spread}")
     if columns.get("AA") is None:
         notes.append("AutoAttack was not run")
+    elif row.get("autoattack_standard") is False:
+        notes.append("AutoAttack NOT in its standard version (reduced settings): not "
+                     "comparable with the leaderboard")
     if row.get("autoattack_impl"):
         notes.append(f"AutoAttack implementation: {row['autoattack_impl']}")
     notes.append(f"{row.get('method')} training, {row.get('checkpoint') or 'best'} checkpoint")

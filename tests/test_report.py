@@ -283,3 +283,8 @@ def test_robustbench_notes_a_partial_test_set():
     (entry,) = robustbench.entries([row], report.format_eps)
     assert entry["architecture"] == "small CNN (width=16)" and entry["n_examples"] == 200
     assert "first 200 test points (RobustBench uses 10,000)" in entry["footnote"]
+    assert "NOT in its standard version" not in entry["footnote"]
+    smoke = _eval("trades", **FULL)
+    smoke["attacks"] = {"autoattack": {"standard": False, "options": {"n_iter": 2}}}
+    (entry,) = robustbench.entries(report.build_table([smoke]), report.format_eps)
+    assert "AutoAttack NOT in its standard version" in entry["footnote"]

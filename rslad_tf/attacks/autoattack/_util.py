@@ -146,8 +146,9 @@ def _fingerprint(model) -> str:
 def inference_view(model, jit: bool):
     """What the attack graphs call: a `FrozenInference` of the model for plain CPU/GPU
     graphs, the model itself under XLA (which treats the weights as constants anyway), for
-    large models, or when the model cannot be frozen."""
-    if jit or model.count_params() > FREEZE_MAX_PARAMS:
+    large models, or when the model cannot be frozen (e.g. an exported artifact,
+    `rslad_tf.artifacts.ArtifactModel`, which has no variables to fold)."""
+    if jit or not hasattr(model, "count_params") or model.count_params() > FREEZE_MAX_PARAMS:
         return model
     try:
         fingerprint = _fingerprint(model)
