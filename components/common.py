@@ -17,8 +17,10 @@ cluster it is the mounted object-store location):
 
 Each component module holds a plain function (``<name>_fn``) that does the work and is
 unit-tested directly, and a kfp wrapper whose body imports that function from this
-installed package: kfp serialises only the wrapper's own source, so the image must have
-this repository installed (see the ``Dockerfile``).
+package: kfp serialises only the wrapper's own source, so every step must be able to
+import ``components``. It is a folder of the repository, not an installed package: the
+image has it on ``PYTHONPATH`` (see the ``Dockerfile``), and the local runner puts the
+repository's root there (`pipelines.rslad_pipeline.run_local`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from rslad_tf import quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,9 +60,8 @@ def test_tensorflow_import_keeps_only_genuine_lines():
     assert done.stderr == GENUINE + "after\n"
 
 
-def test_user_errors_are_one_line_after_tensorflow_started(tmp_path):
-    """Errors found after TensorFlow is imported: a file that is not a .keras archive
-    (evaluate) and a teacher for another number of classes (train)."""
+def test_user_error_is_one_line_after_tensorflow_started(tmp_path):
+    """evaluate finds that the file is not a .keras archive after importing TensorFlow."""
     fake = tmp_path / "notamodel.keras"
     fake.write_text("hello")
     done = _run(["-m", "rslad_tf.evaluate", str(fake)])
@@ -68,6 +69,10 @@ def test_user_errors_are_one_line_after_tensorflow_started(tmp_path):
     assert done.stderr == (f"error: checkpoint file {str(fake)!r} is not a Keras .keras "
                            "archive (zip); pass a model saved with model.save('name.keras')\n")
 
+
+@pytest.mark.slow
+def test_teacher_for_other_classes_is_one_line(tmp_path):
+    """train finds the mismatch after TensorFlow started and the data are loaded."""
     from rslad_tf import models
 
     teacher = str(tmp_path / "t5.keras")
