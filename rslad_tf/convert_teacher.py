@@ -1,7 +1,15 @@
 """Convert a PyTorch checkpoint of a reference model into a Keras `.keras` file.
 
-    python -m rslad_tf.convert_teacher SRC.pt --arch wrn34_10 --out teacher.keras \\
-        [--num-classes N] [--normalization auto|cifar10|cifar100|none] [--sha256 HEX]
+    python -m rslad_tf.convert_teacher SRC.pt --out teacher.keras [--arch ARCH]
+        [--num-classes N] [--depth D --widen-factor K]
+        [--normalization auto|cifar10|cifar100|none] [--sha256 HEX]
+
+Without flags the architecture is read from the checkpoint (`infer_architecture`): the
+layout from its key names, the number of classes from the classifier's weight, a
+WideResNet's depth and width from its block count and channel count, so RobustBench's
+Linf CIFAR-10/100 WideResNets (TRADES or DeepMind layout, any depth and width) convert as
+they are. What the file does not store (activation, input normalisation) is printed as an
+assumption; what cannot be inferred is named in a one-line error.
 
 The RSLAD teachers (TRADES WRN-34-10 for CIFAR-10, DeepMind WRN-70-16 for CIFAR-100) were
 published as PyTorch files. This reads such a file safely and writes the same network as
@@ -148,6 +156,85 @@ def _strip_module(state_dict: dict) -> dict:
     return out
 
 
+# --- what the checkpoint says about its architecture ---------------------------------
+
+# The layouts `infer_architecture` recognises: arch -> a key that only that layout has.
+_SIGNATURES = (
+    ("wrn34_10", "block1.layer.0.conv1.weight"),    # TRADES / RobustBench WideResNet
+    ("wrn70_16", "layer.0.block.0.conv_0.weight"),  # DeepMind / RobustBench DMWideResNet
+    ("resnet50", "layer1.0.conv3.weight"),          # bottleneck ResNet (kuangliu layout)
+    ("resnet18", "layer1.0.conv1.weight"),          # basic-block ResNet (kuangliu layout)
+    ("mobilenetv2", "layers.0.conv1.weight"),       # MobileNetV2 (kuangliu layout)
+)
+_LAYOUT_NAMES = "TRADES/RobustBench WideResNet, DeepMind WideResNet, ResNet-18/50, MobileNetV2"
+# The classifier of each layout: its weight's first dimension is the number of classes.
+_CLASSIFIER = {"wrn34_10": "fc.weight", "wrn70_16": "logits.weight", "resnet18": "linear.weight",
+               "resnet50": "linear.weight", "mobilenetv2": "linear.weight"}
+_RESNET_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
+
+
+def _count_blocks(keys, prefix: str) -> int:
+    """How many consecutive blocks ``prefix{i}.`` (i = 0, 1, ...) the keys hold."""
+    indices = {int(m.group(1)) for k in keys
+               for m in [re.match(re.escape(prefix) + r"(\d+)\.", k)] if m}
+    n = 0
+    while n in indices:
+        n += 1
+    return n
+
+
+def infer_architecture(state_dict: dict, arch: str | None = None):
+    """(arch, num_classes, builder kwargs, assumptions) read from a state dict's keys and
+    shapes: the layout from its key names, the classes from the classifier's weight, and a
+    WideResNet's depth (6 n + 4 for n blocks per group) and width (the first group's
+    channels / 16). ``arch`` (the user's) skips the layout guess. ``assumptions`` lists, in
+    words, what the file does not store and was assumed. `ConversionError` names what could
+    not be inferred."""
+    sd = _strip_module(dict(state_dict))
+    keys = list(sd)
+    if arch is None:
+        for candidate, signature in _SIGNATURES:
+            if signature in sd:
+                arch = candidate
+                break
+        else:
+            raise ConversionError(
+                f"cannot infer the architecture: the checkpoint's keys (first: {keys[0]!r}) "
+                f"match none of the known layouts ({_LAYOUT_NAMES}); pass --arch")
+    classifier = _CLASSIFIER[arch]
+    if classifier not in sd or sd[classifier].ndim != 2:
+        raise ConversionError(f"cannot infer the number of classes: the checkpoint has no "
+                              f"{classifier!r} matrix ({arch} layout); pass --num-classes")
+    num_classes = int(sd[classifier].shape[0])
+    kwargs, assumptions = {}, []
+    if arch.startswith("wrn"):
+        group, conv = (("block1.layer.", "conv1") if arch == "wrn34_10"
+                       else ("layer.0.block.", "conv_0"))
+        n = _count_blocks(keys, group)
+        first = sd.get(f"{group}0.{conv}.weight")
+        if n == 0 or first is None or first.shape[0] % 16:
+            raise ConversionError(f"cannot infer the WideResNet's depth and width: no "
+                                  f"'{group}0.{conv}.weight' of 16 k channels; pass --depth "
+                                  "and --widen-factor")
+        kwargs.update(depth=6 * n + 4, widen_factor=int(first.shape[0]) // 16)
+        assumptions.append("activation ReLU (TRADES layout)" if arch == "wrn34_10" else
+                           "activation Swish (DeepMind layout)")
+    elif arch in _RESNET_BLOCKS:
+        counts = tuple(_count_blocks(keys, f"layer{i}.") for i in range(1, 5))
+        if counts != _RESNET_BLOCKS[arch]:
+            raise ConversionError(f"cannot place a ResNet with {counts} blocks per stage: "
+                                  f"{arch} has {_RESNET_BLOCKS[arch]}; pass --arch")
+        width = int(sd["conv1.weight"].shape[0]) if "conv1.weight" in sd else 64
+        if width != 64:
+            kwargs["base_width"] = width
+    if arch != "wrn70_16":
+        assumptions.append("inputs in [0, 1] without normalisation (the file stores none)")
+    elif not all(k in sd for k in NORMALIZATION_BUFFERS["wrn70_16"]):
+        assumptions.append("input normalisation not stored: --normalization, else auto "
+                           "(CIFAR-100 statistics for 100 classes, CIFAR-10 otherwise)")
+    return arch, num_classes, kwargs, assumptions
+
+
 def _weight_slot(layer, param: str):
     """(variable, numpy transform, inverse permutation for messages) for a PyTorch
     parameter name of `layer`, or None when the layer has no such parameter."""
@@ -278,16 +365,18 @@ def _parser() -> argparse.ArgumentParser:
                     "file. Reads the file only with torch.load(weights_only=True).")
     p.add_argument("src", help="PyTorch checkpoint (.pt / .pth)")
     p.add_argument("--arch", choices=ARCHS,
-                   help="architecture; default from KNOWN_TEACHERS when the file name is known")
+                   help="architecture; default: KNOWN_TEACHERS for a known file name, else "
+                        "read from the checkpoint's keys")
     p.add_argument("--num-classes", type=int,
-                   help="default from KNOWN_TEACHERS, else 10")
+                   help="default: read from the classifier's weight in the checkpoint")
     p.add_argument("--normalization", choices=("auto", "cifar10", "cifar100", "none"),
                    help="wrn70_16 only: input statistics inside the model (auto: CIFAR-100 "
                         "for 100 classes, else CIFAR-10). The RSLAD reference used cifar10 "
                         "for its CIFAR-100 teacher; the checkpoint's authors used cifar100")
-    p.add_argument("--depth", type=int, help="WideResNets only: depth (default 34 / 70)")
+    p.add_argument("--depth", type=int,
+                   help="WideResNets only: depth (default: counted from the checkpoint's blocks)")
     p.add_argument("--widen-factor", type=int,
-                   help="WideResNets only: widen factor (default 10 / 16)")
+                   help="WideResNets only: widen factor (default: from the checkpoint's shapes)")
     p.add_argument("--sha256", help="refuse unless the source file has this SHA-256 "
                                     "(default: the documented digest of a known teacher)")
     p.add_argument("--out", required=True, help="output .keras file (must not exist)")
@@ -314,6 +403,38 @@ def _save_atomically(model, out: str) -> None:
             os.unlink(tmp)
 
 
+def _check_arch_flags(args, arch: str) -> None:
+    if args.normalization is not None and arch != "wrn70_16":
+        raise ConversionError(f"--normalization applies to wrn70_16 only (this is {arch})")
+    for flag, value in (("depth", args.depth), ("widen-factor", args.widen_factor)):
+        if value is not None and not arch.startswith("wrn"):
+            raise ConversionError(f"--{flag} applies to WideResNets only (this is {arch})")
+
+
+def _resolve_architecture(args, known: dict, arch, state_dict):
+    """(arch, num_classes, builder kwargs, assumptions): the flags first, then the
+    KNOWN_TEACHERS entry, then what `infer_architecture` reads from the checkpoint."""
+    given_all = (arch is not None and args.num_classes is not None
+                 and (not arch.startswith("wrn") or None not in (args.depth, args.widen_factor)))
+    try:
+        arch, num_classes, kw, assumptions = infer_architecture(state_dict, arch)
+    except ConversionError:
+        if not given_all:
+            raise
+        # Everything was given: the conversion itself names the first key that does not fit.
+        num_classes, kw, assumptions = args.num_classes, {}, []
+    _check_arch_flags(args, arch)
+    num_classes = args.num_classes or known.get("num_classes") or num_classes
+    for flag, value in (("depth", args.depth), ("widen_factor", args.widen_factor)):
+        if value is not None:
+            kw[flag] = value
+    if args.normalization is not None or (arch == "wrn70_16" and "normalization" in known):
+        norm = args.normalization if args.normalization is not None else known["normalization"]
+        kw["normalization"] = None if norm == "none" else norm
+        assumptions = [a for a in assumptions if not a.startswith("input normalisation")]
+    return arch, num_classes, kw, assumptions
+
+
 def run(argv=None) -> str:
     """Command-line entry: convert and write; returns the output path.
 
@@ -321,23 +442,11 @@ def run(argv=None) -> str:
     """
     args = _parser().parse_args(argv)
     known = KNOWN_TEACHERS.get(os.path.basename(args.src), {})
-    arch = args.arch or known.get("arch")
-    if arch is None:
-        raise ConversionError("--arch is required for a file not in KNOWN_TEACHERS")
     if args.arch and known and args.arch != known["arch"]:
         known = {}  # the user says it is something else: no defaults from the table
-    num_classes = args.num_classes or known.get("num_classes") or 10
-    kw = {}
-    if args.normalization is not None or (arch == "wrn70_16" and "normalization" in known):
-        if arch != "wrn70_16":
-            raise ConversionError("--normalization applies to wrn70_16 only")
-        norm = args.normalization if args.normalization is not None else known["normalization"]
-        kw["normalization"] = None if norm == "none" else norm
-    for flag, value in (("depth", args.depth), ("widen_factor", args.widen_factor)):
-        if value is not None:
-            if not arch.startswith("wrn"):
-                raise ConversionError(f"--{flag.replace('_', '-')} applies to WideResNets only")
-            kw[flag] = value
+    arch = args.arch or known.get("arch")  # None: read from the checkpoint's keys
+    if arch is not None:
+        _check_arch_flags(args, arch)
 
     if not args.out.endswith(".keras"):
         raise ConversionError(f"--out must end in .keras, got {args.out}")
@@ -359,6 +468,11 @@ def run(argv=None) -> str:
                                   f"{source} expects {expected.lower()}")
 
     state_dict = load_state_dict_file(args.src)
+    arch, num_classes, kw, assumptions = _resolve_architecture(args, known, arch, state_dict)
+    print(f"architecture: {arch}, {num_classes} classes"
+          + "".join(f", {k.replace('_', ' ')} {v}" for k, v in sorted(kw.items())
+                    if k != "normalization")
+          + (f"; assumed: {'; '.join(assumptions)}" if assumptions else ""))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = convert_state_dict(state_dict, arch, num_classes, **kw)

@@ -2,7 +2,8 @@
 
 Transcribed from PAPER.md section 5 (Tables 2-4 of the paper). Used by the report's model
 card to put our measured numbers next to the published ones; never used as results.
-Keys: (dataset, model, method) -> {report column label: accuracy}.
+Keys: (dataset, model, method) -> {report column label: accuracy}. `SUCCESSORS` holds the
+published numbers of the methods added since (AdaAD, IGDM), each with its own source.
 """
 
 _WHITE = ("Clean", "FGSM", "PGD_SAT", "PGD_TRADES", "CW_inf", "AA")
@@ -31,3 +32,23 @@ PAPER = {
     ("cifar100", "resnet18", "iad"): {"AA": 25.12},
 }
 SOURCE = "paper (Zi et al. 2021)"
+
+# Published AutoAttack accuracies (percent) of the methods added beyond the RSLAD paper, each
+# with its source. Only numbers read in the papers' own abstracts are listed; the settings
+# behind them (teacher, epochs, eps schedule) are in docs/methods.md where known. Keys:
+# (dataset, model, method as docs/methods.md names it) -> {"AA": accuracy, "source": text}.
+SUCCESSORS = {
+    ("cifar10", "resnet18", "adaad"): {
+        "AA": 54.23,
+        "source": "Huang et al., CVPR 2023, abstract: the AdaAD ResNet-18's RobustBench "
+                  "AutoAttack accuracy (the abstract does not name the teacher)"},
+    ("cifar100", "resnet18", "best base method"): {
+        "AA": 28.06, "source": "Lee et al., arXiv 2312.03286 v2, abstract: the strongest "
+                               "distillation method they compare, without IGDM"},
+    ("cifar100", "resnet18", "best base method + igdm"): {
+        "AA": 30.32, "source": "Lee et al., arXiv 2312.03286 v2, abstract: the same with IGDM"},
+    ("cifar100", "mobilenetv2", "best base method"): {
+        "AA": 26.18, "source": "Lee et al., arXiv 2312.03286 v2, abstract"},
+    ("cifar100", "mobilenetv2", "best base method + igdm"): {
+        "AA": 29.32, "source": "Lee et al., arXiv 2312.03286 v2, abstract (v1 said 29.52)"},
+}

@@ -6,7 +6,10 @@ Run directory (``--out``, default ``runs/<preset>``):
     history.csv              per epoch: loss terms, train acc, clean / PGD-20 test acc, lr, seconds
     checkpoints/best.keras   the student with the best PGD-20 test accuracy (reference rule)
     checkpoints/last.keras   the student after the last epoch
-    checkpoints/state.npz    everything needed to resume exactly (weights, optimizer, RNG, epoch)
+    checkpoints/state.npz    everything needed to resume exactly (weights, optimizer, RNG, epoch,
+                             and the weight average when ``ema_decay`` is set)
+    checkpoints/ema_best.keras, ema_last.keras   the student's weight average (``ema_decay``):
+                             best by its own PGD-20 accuracy, and after the last epoch
     tensorboard/             Keras' TensorBoard logs
 
 A run never overwrites an existing run directory unless ``--resume`` is given.
@@ -180,6 +183,8 @@ def build_method(config: presets.TrainConfig, student, teacher=None):
                   attack_steps=config.attack_steps, weight_decay=config.weight_decay,
                   augment_padding=data_spec.augment_padding,
                   augment_flip=data_spec.augment_flip, seed=config.seed)
+    if kwargs.get("igdm_alpha") and kwargs.get("igdm_epochs") is None:
+        kwargs["igdm_epochs"] = config.epochs  # IGDM's weight ramps over the whole run
     cls = METHODS[config.method]
     if cls.uses_teacher:
         kwargs["teacher"] = teacher
@@ -252,12 +257,34 @@ def training_dataset(config: presets.TrainConfig, fast: dict, x_train, y_train, 
     return make_dataset(x_train, y_train, config.batch_size, shuffle=True, seed=seed)
 
 
+def setup_weight_average(config: presets.TrainConfig, method, *, log=print):
+    """Attach an EMA of the student's weights when ``config.ema_decay`` is set (one device
+    only; see `rslad_tf.methods.ema` for how BatchNorm statistics are averaged)."""
+    from rslad_tf.methods.ema import WeightAverage
+
+    if config.ema_decay is None:
+        return None
+    if method.distribute_strategy.num_replicas_in_sync > 1:
+        raise UserError("ema_decay (the weight average) works on one device only")
+    average = WeightAverage(method.student, config.ema_decay)
+    method.attach_weight_average(average)
+    log(f"weight average: EMA of the student's weights, decay {config.ema_decay:g} "
+        "(BatchNorm statistics averaged too), checkpoints/ema_{best,last}.keras")
+    return average
+
+
 # -- resumable state -------------------------------------------------------------------
-def _save_state(path, method, epoch, best, step=0):
-    """Everything needed to continue exactly: `epoch`/`step` is the next step to run."""
+NO_BEST = (-1.0, -1)  # (PGD-20 accuracy, epoch) before any selection epoch
+def _save_state(path, method, epoch, best, step=0, ema_best=None):
+    """Everything needed to continue exactly: `epoch`/`step` is the next step to run.
+    With a weight average attached, its shadow weights and `ema_best` too."""
     from rslad_tf import fileio
 
     arrays = {f"w{i}": np.asarray(v) for i, v in enumerate(method.student.weights)}
+    if method.weight_average is not None:
+        arrays.update(method.weight_average.state())
+        arrays["ema_best_pgd"] = np.asarray(ema_best[0])
+        arrays["ema_best_epoch"] = np.asarray(ema_best[1])
     arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(method.optimizer.variables)})
     arrays["seed_state"] = np.asarray(method.seed_generator.state)
     arrays["epoch"] = np.asarray(epoch)
@@ -277,8 +304,12 @@ def _load_state(path, method):
             for i, v in enumerate(opt_vars):
                 v.assign(state[f"o{i}"])
             method.seed_generator.state.assign(state["seed_state"])
+            ema_best = NO_BEST
+            if method.weight_average is not None:
+                method.weight_average.restore(state)
+                ema_best = (float(state["ema_best_pgd"]), int(state["ema_best_epoch"]))
             return (int(state["epoch"]), int(state["step"]),
-                    (float(state["best_pgd"]), int(state["best_epoch"])))
+                    (float(state["best_pgd"]), int(state["best_epoch"])), ema_best)
     except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise UserError(f"cannot resume: training state {path!r} is unreadable or does not "
                         f"match this configuration ({exc})") from None
@@ -435,11 +466,13 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     ckpt_dir = os.path.join(out_dir, "checkpoints")
     state_path = os.path.join(ckpt_dir, STATE_FILE)
     history_path = os.path.join(out_dir, "history.csv")
-    start_epoch, start_step, best = 0, 0, (-1.0, -1)
+    average = setup_weight_average(config, method, log=log)
+    ema_model = create_student(config, float32=True) if average is not None else None
+    start_epoch, start_step, best, ema_best = 0, 0, NO_BEST, NO_BEST
     if resume:
         history = _read_history(history_path)
         if os.path.exists(state_path):
-            start_epoch, start_step, best = _load_state(state_path, method)
+            start_epoch, start_step, best, ema_best = _load_state(state_path, method)
         history = [row for row in history if int(row["epoch"]) < start_epoch]
     else:
         os.makedirs(ckpt_dir, exist_ok=True)
@@ -463,7 +496,8 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         log(f"speed: mixed precision {config.mixed_precision}, jit_compile "
             f"{method.jit_compile}")
     guard = _StepGuard(config.save_every_steps,
-                       lambda e, k: _save_state(state_path, method, e, best, step=k))
+                       lambda e, k: _save_state(state_path, method, e, best, step=k,
+                                                ema_best=ema_best))
     for epoch in range(start_epoch, config.epochs):
         started = time.time()
         lr = learning_rate(config, epoch)
@@ -506,10 +540,24 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
                 best = (robust, epoch)
                 fileio.save_model(eval_model, os.path.join(ckpt_dir, "best.keras"))
                 message += "  *best*"
+        if average is not None:
+            average.copy_to(ema_model)
+            if is_eval_epoch(config, epoch):
+                clean = accuracy_under_attack(ema_model, x_test, y_test)
+                robust = accuracy_under_attack(ema_model, x_test, y_test,
+                                               attack=selection_attack, eps=config.epsilon,
+                                               seed=config.seed)
+                row.update(ema_clean_acc=clean, ema_pgd20_acc=robust)
+                message += f"  EMA clean {clean:5.1f}%  PGD-20 {robust:5.1f}%"
+                if robust > ema_best[0]:
+                    ema_best = (robust, epoch)
+                    fileio.save_model(ema_model, os.path.join(ckpt_dir, "ema_best.keras"))
+                    message += "  *EMA best*"
+            fileio.save_model(ema_model, os.path.join(ckpt_dir, "ema_last.keras"))
         row["seconds"] = round(time.time() - started, 3)
         history.append(row)
         fileio.save_model(eval_model, os.path.join(ckpt_dir, "last.keras"))
-        _save_state(state_path, method, epoch + 1, best, step=0)
+        _save_state(state_path, method, epoch + 1, best, step=0, ema_best=ema_best)
         _write_history(history_path, history)
         log(message + f"  lr {lr:.3g}  {row['seconds']:.1f}s")
 
@@ -517,6 +565,9 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
                "best_epoch": best[1] + 1, "best_pgd20_acc": best[0],
                "last_clean_acc": _last_value(history, "clean_acc"),
                "last_pgd20_acc": _last_value(history, "pgd20_acc")}
+    if average is not None:
+        summary.update(ema_best_epoch=ema_best[1] + 1, ema_best_pgd20_acc=ema_best[0],
+                       ema_last_pgd20_acc=_last_value(history, "ema_pgd20_acc"))
     if final_eval:
         from rslad_tf import evaluate as evaluation
 

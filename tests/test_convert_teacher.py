@@ -468,7 +468,7 @@ def test_malicious_pickle_is_refused_without_side_effect(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["missing.pt", "--arch", "resnet18"], "no such file"),
-    (["missing.pt"], "--arch is required"),
+    (["missing.pt"], "no such file"),  # no --arch needed: it is read from the file
     (["x.pt", "--arch", "resnet18", "--normalization", "cifar10"], "wrn70_16 only"),
     (["x.pt", "--arch", "vgg16"], "invalid choice"),
 ])
@@ -546,3 +546,80 @@ def test_missing_torch_gives_one_line(small_trades, tmp_path, capsys, monkeypatc
     assert code == 2
     assert "needs PyTorch" in _one_line(err) and "requirements-dev.txt" in _one_line(err)
     assert not (tmp_path / "t.keras").exists()
+
+
+# --- architecture read from the checkpoint (no flags) -------------------------------------
+
+INFERRED_WRNS = {
+    # name: (PyTorch model, expected arch, depth, width, classes, wrap as RobustBench does)
+    "trades-10-1-c10": (lambda: TorchTradesWRN(10, 1, 10), "wrn34_10", 10, 1, 10, False),
+    "trades-16-2-c100-module": (lambda: TorchTradesWRN(16, 2, 100), "wrn34_10", 16, 2, 100, True),
+    "dm-10-2-c10-buffers": (lambda: TorchDMWRN(10, 2, 10, *CIFAR10_STATS, buffers=True),
+                            "wrn70_16", 10, 2, 10, False),
+    "dm-16-1-c100-buffers": (lambda: TorchDMWRN(16, 1, 100, *CIFAR100_STATS, buffers=True),
+                             "wrn70_16", 16, 1, 100, True),
+}
+
+
+# Two layouts in the default suite, all four (several depths and widths) with --slow.
+_DEFAULT_INFERRED = ("trades-16-2-c100-module", "dm-10-2-c10-buffers")
+
+
+@pytest.mark.parametrize("case", [c if c in _DEFAULT_INFERRED else
+                                  pytest.param(c, marks=pytest.mark.slow)
+                                  for c in sorted(INFERRED_WRNS)])
+def test_wideresnets_convert_without_architecture_flags(case, tmp_path, capsys):
+    make, arch, depth, width, classes, module_prefix = INFERRED_WRNS[case]
+    torch.manual_seed(0)
+    reference = randomize(make())
+    state = reference.state_dict()
+    if module_prefix:  # DataParallel / RobustBench files carry "module." on every key
+        state = {f"module.{k}": v for k, v in state.items()}
+    src = save(state, tmp_path / "robustbench.pt")
+    out = tmp_path / "teacher.keras"
+    code, stdout, err = cli(capsys, src, "--out", out)
+    assert code == 0, err
+    assert f"architecture: {arch}, {classes} classes, depth {depth}, widen factor {width}" in stdout
+    model = keras.saving.load_model(str(out))
+    x = images()
+    expected = torch_logits(reference, x)
+    diff = float(np.abs(keras_logits(model, x) - expected).max())
+    assert model.output_shape[-1] == classes
+    assert diff < TOL, diff
+    # The tolerance is tight enough to see a 2% error in one BatchNorm statistic.
+    bn = next(m for m in reference.modules() if isinstance(m, nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.running_var.mul_(1.02)
+    assert float(np.abs(keras_logits(model, x) - torch_logits(reference, x)).max()) > TOL
+
+
+def test_infer_architecture_reads_classes_depth_and_width():
+    arch, classes, kw, assumed = ct.infer_architecture(TorchTradesWRN(22, 3, 7).state_dict())
+    assert (arch, classes, kw) == ("wrn34_10", 7, {"depth": 22, "widen_factor": 3})
+    assert any("ReLU" in a for a in assumed) and any("normalisation" in a for a in assumed)
+    arch, classes, kw, _ = ct.infer_architecture(TorchResNet(18, 100).state_dict())
+    assert (arch, classes, kw) == ("resnet18", 100, {})
+    arch, classes, _, assumed = ct.infer_architecture(
+        TorchDMWRN(10, 1, 100, *CIFAR100_STATS).state_dict())  # no mean/std buffers
+    assert (arch, classes) == ("wrn70_16", 100)
+    assert any("not stored" in a for a in assumed)
+
+
+def test_unknown_layout_names_its_first_key(tmp_path, capsys):
+    src = save({"encoder.stem.weight": torch.zeros(4, 3, 3, 3),
+                "head.weight": torch.zeros(10, 4)}, tmp_path / "other.pt")
+    code, _, err = cli(capsys, src, "--out", tmp_path / "o.keras")
+    assert code == 2
+    line = _one_line(err)
+    assert "cannot infer the architecture" in line and "'encoder.stem.weight'" in line
+    assert "--arch" in line and not (tmp_path / "o.keras").exists()
+
+
+def test_missing_classifier_says_what_could_not_be_inferred(tmp_path, capsys):
+    state = {k: v for k, v in TorchTradesWRN(10, 1, 10).state_dict().items()
+             if not k.startswith("fc.")}
+    code, _, err = cli(capsys, save(state, tmp_path / "headless.pt"), "--out",
+                       tmp_path / "o.keras")
+    assert code == 2
+    line = _one_line(err)
+    assert "number of classes" in line and "'fc.weight'" in line and "--num-classes" in line

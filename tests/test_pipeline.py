@@ -74,7 +74,8 @@ def test_compiled_pipeline_fans_out_over_methods_and_collects(compiled):
     assert report_inputs["blackbox"]["isArtifactList"]
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["methods"]["parameterType"] == "LIST"
-    assert params["methods"]["defaultValue"] == ["natural", "sat", "trades", "ard", "iad", "rslad"]
+    assert params["methods"]["defaultValue"] == ["natural", "sat", "trades", "ard", "iad", "rslad",
+                                                 "adaad", "adaiad"]
     typed = {"dataset": "STRING", "student_model": "STRING", "teacher_uri": "STRING",
              "epochs": "NUMBER_INTEGER", "epsilon": "NUMBER_DOUBLE", "attack_steps":
              "NUMBER_INTEGER", "max_steps": "NUMBER_INTEGER", "accelerator_type": "STRING",

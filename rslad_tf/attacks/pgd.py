@@ -5,13 +5,16 @@ Projected gradient ascent on a pluggable objective (Madry et al. 2018):
     x_{t+1} = clip_[0,1]( clip_{x +- eps}( x_t + step_size * sign(grad_x L(f(x_t))) ) )
 
 - objective ``loss``: "ce" (cross-entropy on labels), "kl" (KL(target_probs || f(x'))),
-  "cw" (Carlini-Wagner margin, kappa-clipped); each summed over the batch, so each
-  example's step is independent of the batch size.
+  "kl_model" (KL(softmax(g(x')) || f(x')) with a second, frozen model g queried at the same
+  point and differentiated too: AdaAD's inner maximisation), "cw" (Carlini-Wagner margin,
+  kappa-clipped); each summed over the batch, so each example's step is independent of the
+  batch size.
 - random start ``start``: "none", "uniform" (U(-eps, eps), Madry / SAT / evaluation) or
   "normal" (0.001 * N(0, 1), TRADES and RSLAD).
 
-The model is always called with ``training=False``: BatchNorm moving statistics and all
-weights are untouched, and gradients are taken with respect to the input only. The loop is
+The model (and ``target_model``) is always called with ``training=False``: BatchNorm moving
+statistics and all weights are untouched, and gradients are taken with respect to the input
+only. The loop is
 a graph loop (``tf.while_loop``), so the step count is a tensor and never unrolled.
 
 Compilation: called eagerly, ``pgd`` runs a ``tf.function`` of the loop; on a GPU it runs
@@ -26,7 +29,7 @@ import tensorflow as tf
 
 from rslad_tf import losses
 
-OBJECTIVES = ("ce", "kl", "cw")
+OBJECTIVES = ("ce", "kl", "kl_model", "cw")
 STARTS = ("none", "uniform", "normal")
 NORMAL_START_STD = 0.001
 
@@ -43,7 +46,7 @@ def objective(loss: str, logits, labels, target_probs, kappa):
     logits = tf.cast(logits, tf.float32)  # mixed precision: attack losses in float32
     if loss == "ce":
         return losses.cross_entropy(labels, logits, reduction="sum")
-    if loss == "kl":
+    if loss in ("kl", "kl_model"):  # kl_model: target_probs = softmax(g(x')), see pgd_graph
         return losses.kl_divergence(target_probs, tf.nn.log_softmax(logits, axis=-1),
                                     reduction="sum")
     return tf.reduce_sum(losses.cw_margin(logits, labels, kappa=kappa))
@@ -64,8 +67,13 @@ def random_start(x, eps, start: str, seed):
 
 def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps,
               loss: str = "ce", start: str = "uniform", seed=None, kappa=50.0,
-              objective_scale=1.0, return_zero_fraction: bool = False, shards=None):
+              objective_scale=1.0, return_zero_fraction: bool = False, shards=None,
+              target_model=None):
     """Graph-mode PGD: call inside ``tf.function`` / ``train_step``. Returns x_adv [B,H,W,C].
+
+    ``target_model`` (objective "kl_model" only): the model whose softmax at x' is the KL
+    target, recomputed at every step inside the gradient, so the step follows the input
+    gradient of both models (AdaAD, Huang et al. 2023, eq. 5). Its weights are not watched.
 
     ``eps``, ``step_size``, ``steps`` and ``kappa`` may be Python numbers or scalar tensors;
     ``seed`` is an int tensor of shape [2] (stateless RNG; required unless start="none").
@@ -85,6 +93,8 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
     tests find it bit-identical at batches of 64 and 128, not at every odd size).
     """
     _check(loss, start)
+    if (loss == "kl_model") != (target_model is not None):
+        raise ValueError("objective 'kl_model' needs target_model (and only it takes one)")
     x = tf.convert_to_tensor(x, tf.float32)
     eps = tf.cast(eps, tf.float32)
     step_size = tf.cast(step_size, tf.float32)
@@ -105,8 +115,11 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
         def gradient(x_adv):
             with tf.GradientTape(watch_accessed_variables=False) as tape:
                 tape.watch(x_adv)
-                value = objective(loss, model(x_adv, training=False), labels, target_probs,
-                                  kappa)
+                target = target_probs
+                if target_model is not None:
+                    target = tf.nn.softmax(
+                        tf.cast(target_model(x_adv, training=False), tf.float32), axis=-1)
+                value = objective(loss, model(x_adv, training=False), labels, target, kappa)
                 if scaled:
                     value = value * tf.cast(objective_scale, tf.float32)
             # A model with no gradient path to its input (stop_gradient, integer casts)

@@ -20,6 +20,8 @@ Fast paths (runtime options, off by default, never saved with the model):
 - ``attach_teacher_cache(SoftLabelCache)``: methods whose teacher only sees clean augmented
   images (RSLAD) reuse its logits per (image, crop offset, flip); batches must carry
   ``"index"`` (`rslad_tf.methods.soft_label_cache`).
+- ``attach_weight_average(WeightAverage)``: an exponential moving average of the student's
+  weights, updated after every optimizer step (`rslad_tf.methods.ema`).
 - ``set_attack_batchnorm_folding(True)``: the training attack runs the student with each
   BatchNorm folded into its convolution (inference mode only; same function up to rounding).
 - A student built under a mixed precision policy is detected: the attack objective stays
@@ -147,6 +149,7 @@ class AdversarialMethod(keras.Model):
         self._device_data = None
         self._teacher_cache = None
         self._attack_view_factory = None
+        self._weight_average = None
         # A functional student is built on creation; mark the wrapper built too, so that its
         # optimizer state is saved and restored with it (an unbuilt wrapper loses it).
         if student.built:
@@ -196,6 +199,18 @@ class AdversarialMethod(keras.Model):
         if cache is not None and tf.distribute.get_strategy().num_replicas_in_sync > 1:
             raise ValueError("the teacher soft-label cache works on one device only")
         self._teacher_cache = cache
+        self._retrace()
+
+    @property
+    def weight_average(self):
+        return self._weight_average
+
+    def attach_weight_average(self, average) -> None:
+        """Update ``average`` (a `rslad_tf.methods.ema.WeightAverage` of the student, or None
+        to detach) after every optimizer step. One device only."""
+        if average is not None and tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            raise ValueError("the weight average works on one device only")
+        self._weight_average = average
         self._retrace()
 
     def set_attack_batchnorm_folding(self, enabled: bool) -> bool:
@@ -283,8 +298,10 @@ class AdversarialMethod(keras.Model):
                 replica.replica_id_in_sync_group, tf.int64)
         return seed
 
-    def run_pgd(self, x, y=None, target_probs=None, *, loss="ce", start=None):
-        """The training attack with this method's eps, step, steps and start."""
+    def run_pgd(self, x, y=None, target_probs=None, *, loss="ce", start=None,
+                target_model=None):
+        """The training attack with this method's eps, step, steps and start.
+        ``target_model``: the frozen model of objective "kl_model" (AdaAD's teacher)."""
         start = self.attack_start if start is None else start
         seed = self.next_seed() if start != "none" else None
         # Shards (process default) are exact only in inference mode: with train-mode
@@ -293,12 +310,13 @@ class AdversarialMethod(keras.Model):
         if self.student_precision == "float32":
             return pgd_graph(self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
                              step_size=self.step_size, steps=self.attack_steps, loss=loss,
-                             start=start, seed=seed, shards=shards)
+                             start=start, seed=seed, shards=shards, target_model=target_model)
         scale = FLOAT16_ATTACK_OBJECTIVE_SCALE if self.student_precision == "float16" else 1.0
         x_adv, zero_fraction = pgd_graph(
             self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
             step_size=self.step_size, steps=self.attack_steps, loss=loss, start=start,
-            seed=seed, objective_scale=scale, return_zero_fraction=True, shards=shards)
+            seed=seed, objective_scale=scale, return_zero_fraction=True, shards=shards,
+            target_model=target_model)
         self.zero_grad_tracker.update_state(zero_fraction)
         return x_adv
 
@@ -364,6 +382,8 @@ class AdversarialMethod(keras.Model):
                 decay = decay * tf.cast(self.optimizer.dynamic_scale, tf.float32)
             grads = [g + decay * v for g, v in zip(grads, variables)]
         self.optimizer.apply_gradients(zip(grads, variables))
+        if self._weight_average is not None:
+            self._weight_average.update()
         for name, tracker in self.loss_trackers.items():
             tracker.update_state(terms[name])
         self.accuracy_tracker.update_state(y, terms["logits"])

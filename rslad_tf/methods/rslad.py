@@ -5,10 +5,11 @@ import tensorflow as tf
 
 from rslad_tf import losses
 from rslad_tf.methods.base import AdversarialMethod
+from rslad_tf.methods.igdm import IGDMOption
 
 
 @keras.saving.register_keras_serializable(package="rslad_tf")
-class RSLADModel(AdversarialMethod):
+class RSLADModel(IGDMOption, AdversarialMethod):
     """RSLAD: the robust teacher's soft labels T(x) on clean images replace hard labels
     everywhere (Zi et al. 2021, section 4):
 
@@ -16,6 +17,8 @@ class RSLADModel(AdversarialMethod):
       in inference mode, start x + 0.001 N(0, 1), 10 steps of 2/255;
     - outer loss: 5/6 * KL(T(x) || S(x')) + 1/6 * KL(T(x) || S(x)), no temperature,
       reduction "mean" over batch x classes as in the reference (``scale=10`` for CIFAR-100).
+
+    ``igdm_alpha`` > 0 adds the IGDM term (`rslad_tf.methods.igdm`; RSLAD+IGDM).
 
     Usable on its own: ``RSLADModel(student, teacher).compile(optimizer=...)`` then
     ``.fit(dataset)`` with a dataset of (images in [0,1], labels); labels only feed the
@@ -29,8 +32,9 @@ class RSLADModel(AdversarialMethod):
     supports_teacher_cache = True  # T(x) on clean augmented images only
 
     def __init__(self, student, teacher, *, adv_weight=5.0 / 6.0, nat_weight=1.0 / 6.0,
-                 reduction="mean", scale=1.0, **kwargs):
+                 reduction="mean", scale=1.0, igdm_alpha=0.0, igdm_epochs=None, **kwargs):
         super().__init__(student, teacher, **kwargs)
+        self.init_igdm(igdm_alpha, igdm_epochs)
         self.adv_weight = float(adv_weight)
         self.nat_weight = float(nat_weight)
         self.reduction = reduction
@@ -38,7 +42,8 @@ class RSLADModel(AdversarialMethod):
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "adv_weight": self.adv_weight,
-                "nat_weight": self.nat_weight, "reduction": self.reduction, "scale": self.scale}
+                "nat_weight": self.nat_weight, "reduction": self.reduction, "scale": self.scale,
+                **self.igdm_hyperparameters()}
 
     def prepare(self, x, y):
         teacher_logits = self.teacher_logits(x)  # T(x) on clean images only, once per batch
@@ -64,4 +69,5 @@ class RSLADModel(AdversarialMethod):
         total, kl_adv, kl_nat = losses.rslad_loss(
             ctx["teacher_logits"], logits_adv, logits_nat, adv_weight=self.adv_weight,
             nat_weight=self.nat_weight, reduction=self.reduction, scale=self.scale)
-        return {"loss": total, "kl_adv": kl_adv, "kl_nat": kl_nat, "logits": logits_adv}
+        terms = {"loss": total, "kl_adv": kl_adv, "kl_nat": kl_nat, "logits": logits_adv}
+        return self.with_igdm(terms, x, x_adv, logits_adv)
