@@ -45,22 +45,24 @@ def export_student_fn(dataset_dir: str, model_dir: str, surrogate_dir: str, out_
     from rslad_tf import fileio
     from rslad_tf.errors import UserError
 
-    from components.common import (check_model_fits, ensure_empty_dir, parse_list,
-                                   read_dataset, tagged)
-    from components.evaluation import parse_reference_options
-    from components.training import load_model_artifact
-    from rslad_tf.evaluate import ATTACKS
+    from components.common import ensure_empty_dir
 
     names = parse_formats(formats)
-    chosen = parse_list(attacks, ATTACKS, "attack")
-    options = parse_reference_options(square_options, "square_options")
     ensure_empty_dir(out_dir, "exports artifact")
     if not names:
+        # Nothing else is imported: this step then never loads TensorFlow.
         log("no export formats asked for (pipeline parameter export_formats): nothing to do")
         fileio.write_json(os.path.join(out_dir, EXPORTS_FILE), [])
         fileio.write_json(results_file, [])
         return []
+    from components.common import check_model_fits, parse_list, read_dataset, tagged
+    from components.evaluation import parse_reference_options
+    from components.training import load_model_artifact
     from rslad_tf.artifact_eval import evaluate_artifact
+    from rslad_tf.evaluate import ATTACKS
+
+    chosen = parse_list(attacks, ATTACKS, "attack")
+    options = parse_reference_options(square_options, "square_options")
     from rslad_tf.export import export
 
     manifest = read_dataset(dataset_dir)
@@ -98,7 +100,10 @@ def export_student_fn(dataset_dir: str, model_dir: str, surrogate_dir: str, out_
 @component
 def export_student(data: Input[Dataset], model: Input[Model], surrogate: Input[Model],
                    exports: Output[Model], results: Output[Artifact], formats: str = "",
-                   attacks: str = DEFAULT_ATTACKS, n_examples: int = 0, epsilon: float = 0.0,
+                   # A literal: kfp runs the wrapper's source alone, without module globals.
+                   attacks: str = "clean,fgsm,pgd_sat,pgd_trades,cw_inf,transfer_pgd,"
+                                  "transfer_cw,square",
+                   n_examples: int = 0, epsilon: float = 0.0,
                    batch_size: int = 256, seed: int = 0, square_options: str = ""):
     """Export one student (``formats``: comma-separated saved_model, litert, litert-int8,
     onnx; empty: none) and evaluate each artifact: exports + a list of eval JSONs."""

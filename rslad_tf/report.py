@@ -28,7 +28,10 @@ COLUMNS = (("Clean", "clean_acc"), ("FGSM", "fgsm_acc"), ("PGD_SAT", "pgd_sat_ac
            ("PGD_TRADES", "pgd_trades_acc"), ("CW_inf", "cw_inf_acc"), ("AA", "autoattack_acc"))
 BLACK_BOX_COLUMNS = (("PGD-20 transfer", "transfer_pgd_acc"),
                      ("CW_inf transfer", "transfer_cw_acc"), ("Square", "square_acc"))
-KEY_FIELDS = ("dataset", "model", "method", "checkpoint", "eps")
+# artifact_format: None for a checkpoint, else the exported artifact's format
+# (`rslad_tf.artifact_eval`): each artifact gets its own row, right after its float model.
+KEY_FIELDS = ("dataset", "model", "method", "checkpoint", "eps", "artifact_format")
+ARTIFACT_ORDER = (None, "saved_model", "onnx", "litert", "litert-int8")
 REQUIRED = ("dataset", "model")
 METHOD_ORDER = ("natural", "sat", "trades", "ard", "iad", "rslad")
 CHECKPOINT_ORDER = ("best", "last")
@@ -103,7 +106,9 @@ def _sort_key(row: dict):
             METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER),
             method,
             CHECKPOINT_ORDER.index(checkpoint) if checkpoint in CHECKPOINT_ORDER else 2,
-            str(checkpoint), float(row.get("eps") or 0.0))
+            str(checkpoint), float(row.get("eps") or 0.0),
+            ARTIFACT_ORDER.index(row.get("artifact_format"))
+            if row.get("artifact_format") in ARTIFACT_ORDER else len(ARTIFACT_ORDER))
 
 
 def build_table(evals) -> list[dict]:
@@ -117,7 +122,7 @@ def build_table(evals) -> list[dict]:
     for ev in evals:
         key = tuple(ev.get(f) for f in KEY_FIELDS)
         if key[4] is not None:
-            key = key[:4] + (round(float(key[4]), 8),)
+            key = key[:4] + (round(float(key[4]), 8),) + key[5:]
         groups.setdefault(key, []).append(ev)
     has_black_box = any(k in ev for ev in evals for _, k in BLACK_BOX_COLUMNS)
     columns = COLUMNS + (BLACK_BOX_COLUMNS if has_black_box else ())
@@ -142,6 +147,11 @@ def build_table(evals) -> list[dict]:
                     if isinstance((m.get("attacks") or {}).get("autoattack"), dict)]
         row["autoattack_standard"] = (None if not standard
                                       else all(v is not False for v in standard))
+        # Exported artifacts: size on disk and CPU latency at batch 1 (median of calls).
+        row["size_kib"] = _stats([m["size_bytes"] / 1024 for m in members
+                                  if m.get("size_bytes")])
+        row["latency_ms"] = _stats([m["latency"]["median_ms"] for m in members
+                                    if isinstance(m.get("latency"), dict)])
         row["source"] = "ours"
         rows.append(row)
     rows.sort(key=_sort_key)
@@ -206,6 +216,17 @@ def _labels(rows) -> list[str]:
     return labels or [label for label, _ in COLUMNS]
 
 
+def _artifact_cells(row: dict, number: str) -> list[str]:
+    """[format, size KiB, latency ms] of a row: "keras" for a checkpoint's own row (no
+    size or latency measured), the artifact's format otherwise."""
+    if row.get("source", "ours") != "ours":
+        return [MISSING] * 3
+    size, latency = row.get("size_kib"), row.get("latency_ms")
+    return [row.get("artifact_format") or "keras",
+            number.format(size["mean"]) if size else MISSING,
+            number.format(latency["mean"]) if latency else MISSING]
+
+
 def render(rows, fmt: str = "md") -> str:
     """The table as Markdown ("md"), CSV ("csv", mean and std in separate columns), JSON,
     or RobustBench's model-info fields ("robustbench", `rslad_tf.robustbench`)."""
@@ -224,6 +245,9 @@ def render(rows, fmt: str = "md") -> str:
         head = ["source", "dataset", "model", "method", "checkpoint", "eps", "n_runs"]
         for label in labels:
             head += [label, f"{label}_std"]
+        artifact_rows = any(row.get("artifact_format") for row in rows)
+        if artifact_rows:
+            head += ["format", "size_kib", "latency_ms"]
         writer.writerow(head)
         for row in rows:
             line = [row.get("source", "ours"), row["dataset"], row["model"],
@@ -235,22 +259,33 @@ def render(rows, fmt: str = "md") -> str:
                 stats = row["columns"].get(label)
                 line += ([MISSING, MISSING] if stats is None else
                          [f"{stats['mean']:.2f}", f"{stats['std']:.2f}"])
+            if artifact_rows:
+                line += _artifact_cells(row, "{:.4g}")
             writer.writerow(line)
         return buf.getvalue()
     # A "Params" column (trainable parameters) when any row knows its model's size.
     params = any(row.get("params") for row in rows)
+    # Exported artifacts: a Format column, and their size and latency at the end.
+    artifact_rows = any(row.get("artifact_format") for row in rows)
     head = (["Source", "Dataset", "Model"] + (["Params"] if params else [])
-            + ["Method", "Checkpoint", "eps", "Runs"] + labels)
+            + ["Method", "Checkpoint"] + (["Format"] if artifact_rows else [])
+            + ["eps", "Runs"] + labels
+            + (["Size (KiB)", "Latency (ms)"] if artifact_rows else []))
     lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join(["---"] * (7 + params) + ["---:"] * len(labels)) + "|"]
+             "|" + "|".join(["---"] * (7 + params + artifact_rows)
+                            + ["---:"] * (len(labels) + 2 * artifact_rows)) + "|"]
     for row in rows:
         cells = [row.get("source", "ours"), str(row["dataset"]), str(row["model"])]
         if params:
             cells.append(f"{row['params']:,}" if row.get("params") else MISSING)
-        cells += [row["method"] or MISSING, row["checkpoint"] or MISSING,
-                  format_eps(row["eps"]),
+        cells += [row["method"] or MISSING, row["checkpoint"] or MISSING]
+        if artifact_rows:
+            cells.append(_artifact_cells(row, "{:.3g}")[0])
+        cells += [format_eps(row["eps"]),
                   MISSING if row["n_runs"] is None else str(row["n_runs"])]
         cells += [_cell(row["columns"].get(label)) for label in labels]
+        if artifact_rows:
+            cells += _artifact_cells(row, "{:.3g}")[1:]
         lines.append("| " + " | ".join(cells) + " |")
     note = ("Accuracy in %; mean ± sample std over runs when Runs > 1; '-' = not evaluated. "
             "Rows marked 'ours' are measured by this toolkit; 'paper' rows are the published "

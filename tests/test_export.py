@@ -267,3 +267,31 @@ def test_export_student_step_and_its_report_rows(tmp_path, trained_digits_model)
     assert [r.get("artifact_format") for r in rows] == [None, "litert-int8"]
     with open(out[0]) as f:
         assert "| litert-int8 |" in f.read()
+
+
+def test_export_step_default_attacks_match_the_function():
+    """The kfp wrapper carries its default as a literal (it runs without module globals)."""
+    import importlib
+    import inspect
+
+    step = importlib.import_module("components.export_student")  # the module, not the step
+
+    default = inspect.signature(step.export_student.python_func).parameters["attacks"].default
+    assert default == step.DEFAULT_ATTACKS
+
+
+def test_export_step_without_formats_never_loads_tensorflow(tmp_path):
+    """The pipeline's default (no formats) costs the demo a process start, not a
+    TensorFlow import (which would also print TensorFlow's start-up lines in its log)."""
+    code = ("import os, sys\n"
+            "from components.export_student import export_student_fn\n"
+            f"out = {str(tmp_path)!r}\n"
+            "assert export_student_fn('unused', 'unused', '', os.path.join(out, 'e'),\n"
+            "                         os.path.join(out, 'r.json'), formats='',\n"
+            "                         log=lambda *a: None) == []\n"
+            "print('tensorflow' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout.strip() == "False"
+    assert (tmp_path / "r.json").read_text().strip() == "[]"
