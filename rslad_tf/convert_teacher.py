@@ -16,7 +16,7 @@ published as PyTorch files. This reads such a file safely and writes the same ne
 a pure Keras model (see `rslad_tf.models`), which the rest of the toolkit loads with
 `keras.saving.load_model`. Works for wrn34_10, wrn70_16, resnet18, resnet50, mobilenetv2.
 
-Safety (PAPER.md section 6: teacher files were pickles passed around on file-sharing
+Safety (docs/paper.md section 6: teacher files were pickles passed around on file-sharing
 links): the file is read only with `torch.load(..., weights_only=True)`, which refuses
 pickles that would run code, and its SHA-256 is checked when known or given. torch is
 imported inside `load_state_dict_file` only: nothing else in the toolkit needs it.

@@ -1,4 +1,5 @@
-"""The paper's evaluation suite (PAPER.md section 3) -> eval JSON; `python -m rslad_tf.evaluate`.
+"""The paper's evaluation suite (docs/paper.md section 3) -> eval JSON;
+`python -m rslad_tf.evaluate`.
 
 Columns, L-infinity, eps = the dataset's threat model (8/255 on CIFAR, 0.2 on digits):
 
@@ -54,8 +55,8 @@ SQUARE_QUERIES = 5000
 # The AutoAttack / Square implementations (`evaluate(autoattack=...)`, ``--autoattack``).
 AUTOATTACK_IMPLS = ("native", "reference")
 # Native by default: it agreed with the reference within 0.5 points on every verification
-# run on all 1,797 digits points (README "Native AutoAttack"); PyTorch is then needed only
-# for `--autoattack reference` and `python -m rslad_tf.verify_autoattack`.
+# run on all 1,797 digits points (docs/evaluation-and-autoattack.md); PyTorch is then
+# needed only for `--autoattack reference` and `python -m rslad_tf.verify_autoattack`.
 DEFAULT_AUTOATTACK = "native"
 # A returned adversarial image may sit this far outside the eps ball (float32 rounding).
 BALL_TOLERANCE = 1e-5
@@ -159,7 +160,8 @@ def _all_layers(model):
 
 def ensure_float32(model):
     """``model`` itself if every layer computes in float32, else a float32 copy with the
-    same weights (attacks under float16/bfloat16 under-estimate robustness, PAPER.md 6)."""
+    same weights (attacks under float16/bfloat16 under-estimate robustness, docs/paper.md
+    section 6)."""
     if all(str(getattr(layer, "compute_dtype", "float32")) == "float32"
            for layer in _all_layers(model)):
         return model
@@ -654,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--autoattack-batch-size", type=int,
                         help="AutoAttack's batch size (default --batch-size)")
     # Default 1: AutoAttack runs whole batches side by side, which pays only with several
-    # batches per attack (README "Speed"); a single batch is slower on one core.
+    # batches per attack (docs/speed.md); a single batch is slower on one core.
     runtime.add_attack_shards_argument(
         parser, "cut each PGD batch into N pieces, and run N native AutoAttack batches, at "
                 "the same time", default="1")

@@ -2,7 +2,7 @@
 
 Every function takes logits (float tensors [batch, classes]) and returns a scalar (or a
 per-sample vector with ``reduction="none"``). The default scale is the one of each method's
-reference implementation (PAPER.md sections 1-2); the reduction is always an explicit
+reference implementation (docs/paper.md sections 1-2); the reduction is always an explicit
 argument because it changes the effective learning rate:
 
 - ``"mean"``: average over batch x classes (PyTorch ``KLDivLoss()`` default, used by the
@@ -21,7 +21,7 @@ from keras import ops
 
 REDUCTIONS = ("mean", "batchmean", "sum", "none")
 
-# RSLAD's reference KL adds 1e-5 inside the log of the target (PAPER.md section 1).
+# RSLAD's reference KL adds 1e-5 inside the log of the target (docs/paper.md section 1).
 RSLAD_LOG_EPS = 1e-5
 
 
@@ -130,7 +130,7 @@ def ard_loss(teacher_logits_nat, student_logits_adv, student_logits_nat, labels,
 def iad_loss(teacher_logits_nat, teacher_logits_adv, student_logits_adv, student_logits_nat,
              labels, *, temperature: float = 30.0, beta: float = 0.1, reduction: str = "mean"):
     """IAD-I outer loss (Zhu et al. 2022, "Reliable Adversarial Distillation with Unreliable
-    Teachers"), the form used after its warm-up epochs (PAPER.md section 2):
+    Teachers"), the form used after its warm-up epochs (docs/paper.md section 2):
 
         tau^2 * KL(T^tau(x) || S^tau(x')) + mean_i (1 - a_i) * KL(S(x_i) || S(x'_i)),
         a_i = softmax(T(x'_i))[y_i] ** beta

@@ -1,6 +1,6 @@
 """The numbers of the RSLAD paper (Zi et al., ICCV 2021), best checkpoints, in percent.
 
-Transcribed from PAPER.md section 5 (Tables 2-4 of the paper). Used by the report's model
+Transcribed from docs/paper.md section 5 (Tables 2-4 of the paper). Used by the report's model
 card to put our measured numbers next to the published ones; never used as results.
 Keys: (dataset, model, method) -> {report column label: accuracy}. `SUCCESSORS` holds the
 published numbers of the methods added since (AdaAD, IGDM), each with its own source.

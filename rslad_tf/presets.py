@@ -38,7 +38,7 @@ class TrainConfig:
     # How to get the teacher when none is found (e.g. the converter command for a paper
     # teacher that exists only as a PyTorch file).
     teacher_hint: str | None = None
-    # Optimisation (PAPER.md section 1: SGD 0.1, momentum 0.9, wd 2e-4, batch 128).
+    # Optimisation (docs/paper.md section 1: SGD 0.1, momentum 0.9, wd 2e-4, batch 128).
     epochs: int = 300
     batch_size: int = 128
     learning_rate: float = 0.1
@@ -61,7 +61,7 @@ class TrainConfig:
     max_steps: int | None = None  # cap on steps per epoch (smoke tests)
     save_every_steps: int | None = None  # resumable state mid-epoch too (None: per epoch)
     deterministic: bool = False  # TensorFlow deterministic ops (bit-exact resume on CPU)
-    # Speed options (README "Speed"). The defaults keep the reference numerics; the exact
+    # Speed options (docs/speed.md). The defaults keep the reference numerics; the exact
     # ones (device_data, teacher_cache) never change them.
     jit_compile: Any = "auto"  # XLA for the training step: "auto" (Keras: GPU only), True, False
     mixed_precision: str = "off"  # student compute dtype: "off", "bfloat16", "float16"
@@ -124,7 +124,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Per-method settings of their own papers / reference code (PAPER.md section 2).
+# Per-method settings of their own papers / reference code (docs/paper.md section 2).
 _METHOD_DEFAULTS = {
     "natural": {},
     "sat": {"attack_start": "uniform", "attack_batchnorm": "inference"},
@@ -153,7 +153,7 @@ IGDM_ALPHA = {"cifar10": 1.0, "cifar100": 10.0, "digits": 1.0}
 IGDM_BASES = ("rslad", "adaad")
 
 # ---------------------------------------------------------------------------------------
-# The embedded demo: digits (8x8 grey). eps = 0.2 (see README: PGD-20 at 0.2 breaks a
+# The embedded demo: digits (8x8 grey). eps = 0.2 (see docs/training.md: PGD-20 at 0.2 breaks a
 # naturally trained model while adversarially trained ones keep most points); the training
 # step is eps / 4 as in the paper (2/255 at 8/255).
 from rslad_tf.data.digits import EPSILON as DIGITS_EPSILON  # noqa: E402
@@ -203,7 +203,7 @@ for _m in METHOD_NAMES:
 
 
 # ---------------------------------------------------------------------------------------
-# The paper's experiments (PAPER.md sections 1, 2 and 4). Students: ResNet-18 and
+# The paper's experiments (docs/paper.md sections 1, 2 and 4). Students: ResNet-18 and
 # MobileNetV2, CIFAR variants, no input normalisation. Every method keeps its own
 # reference's schedule; the RSLAD schedule is the default for natural and SAT students.
 _CIFAR_COMMON = dict(batch_size=128, learning_rate=0.1, momentum=0.9, weight_decay=2e-4,

@@ -119,7 +119,7 @@ def test_wide_resnet_rejects_bad_depth(name):
 
 
 def test_models_package_imports_no_tensorflow():
-    """DESIGN.md: models are pure Keras (keras.layers / keras.ops), no `tf.*`."""
+    """docs/design.md: models are pure Keras (keras.layers / keras.ops), no `tf.*`."""
     for path in MODELS_DIR.glob("*.py"):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

@@ -1,4 +1,4 @@
-"""Parity of every loss with the reference formulas of PAPER.md, written here in numpy."""
+"""Parity of every loss with the reference formulas of docs/paper.md, written here in numpy."""
 
 import numpy as np
 import pytest

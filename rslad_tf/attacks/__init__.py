@@ -1,7 +1,7 @@
 """Attacks: functions ``attack(model, x, y, *, eps, ...) -> x_adv`` on images in [0,1].
 
 All white-box attacks are settings of one PGD engine (``pgd``); ``PROTOCOL`` holds the
-paper's evaluation settings (PAPER.md section 3) so evaluation cannot drift from them.
+paper's evaluation settings (docs/paper.md section 3) so evaluation cannot drift from them.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ class DatasetSpec:
     image_shape: tuple  # (H, W, C)
     # loader(split, data_dir) -> (images float32 [N,H,W,C] in [0,1], labels int32 [N])
     loader: Callable[[str, str | None], tuple[np.ndarray, np.ndarray]]
-    # The L-inf radius of the threat model on this dataset (8/255 for CIFAR, PAPER.md).
+    # The L-inf radius of the threat model on this dataset (8/255 for CIFAR, docs/paper.md).
     epsilon: float = 8 / 255
     # Paper augmentation (pad-crop + flip) applies to natural images, not to 8x8 digits.
     augment_padding: int = 0

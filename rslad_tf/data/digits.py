@@ -38,7 +38,8 @@ def _load(split: str, data_dir: str | None):
 
 
 # eps = 0.2 (about 3 of the 16 grey levels): PGD-20 at this radius breaks a naturally
-# trained CNN (0.4% accuracy) while PGD-trained ones keep about 72% (README, "Digits epsilon").
+# trained CNN (0.4% accuracy) while PGD-trained ones keep about 72% (docs/training.md,
+# "The digits demo data and its epsilon").
 EPSILON = 0.2
 
 SPEC = register(DatasetSpec(name="digits", num_classes=10, image_shape=(8, 8, 1), loader=_load,

@@ -1,6 +1,6 @@
 """Model registry: pure Keras 3 image classifiers that take images in [0,1] and return logits.
 
-This package must not import TensorFlow (DESIGN.md): the same `.keras` files load under
+This package must not import TensorFlow (docs/design.md): the same `.keras` files load under
 Keras' torch and JAX backends. Every model is a functional `keras.Model` built from
 `keras.layers` / `keras.ops` only; any input normalisation is a layer inside the model.
 
