@@ -120,7 +120,6 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tmp_path, capsys):
     # --resume keeps the first leg's, so both legs are given the same schedule.
     common = ["--preset", "digits-sat", "--max-steps", "3", "--eval-n-examples", "16",
               "--no-final-eval", "--deterministic", "--set", "lr_milestones=[22,27]"]
-
     straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
     assert _run(common + ["--epochs", "2", "--out", straight], capsys)[0] == 0
     assert _run(common + ["--epochs", "1", "--out", split], capsys)[0] == 0
