@@ -43,6 +43,11 @@ def run_cli(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our stdout went away (`... | head`): not an error of ours. Point
+        # stdout at devnull so Python's exit-time flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a closed pipe
     except SystemExit as exc:  # argparse's own usage errors exit 2 already
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
     except _user_error_types() as exc:
