@@ -56,7 +56,7 @@ import components
 from components.common import BLACKBOX_ATTACKS, WHITEBOX_ATTACKS
 from pipelines import parameters, submit
 from rslad_tf.errors import ArgumentParser, UserError, run_cli
-from rslad_tf.presets import METHOD_NAMES
+from rslad_tf.presets import METHOD_NAMES, PAPER_METHODS
 
 PIPELINE_NAME = "rslad-tf"
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
@@ -84,7 +84,7 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         dataset: str = "digits",
         data_dir: str = "",
         download: bool = False,
-        methods: List[str] = list(METHOD_NAMES),
+        methods: List[str] = list(PAPER_METHODS),
         student_model: str = "",
         teacher_uri: str = "",
         teacher_sha256: str = "",
@@ -247,7 +247,7 @@ def _find_outputs(run_root: str) -> dict:
 def count_steps(params: dict) -> int:
     """Steps a run executes: data, teacher (train, import, white-box evaluation),
     surrogate, report, and four per method (train, white-box, black-box, export)."""
-    return 6 + 4 * len(params.get("methods", METHOD_NAMES))
+    return 6 + 4 * len(params.get("methods", PAPER_METHODS))
 
 
 @contextlib.contextmanager

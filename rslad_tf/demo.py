@@ -58,8 +58,9 @@ def _reference(params: dict) -> str:
 
 def describe_plan(params: dict, threads: int) -> str:
     from pipelines.rslad_pipeline import count_steps
+    from rslad_tf.presets import PAPER_METHODS
 
-    methods = params.get("methods") or ["natural", "sat", "trades", "ard", "iad", "rslad"]
+    methods = params.get("methods") or list(PAPER_METHODS)
     return (f"{count_steps(dict(params, methods=methods))} steps: teacher "
             f"({params.get('teacher_epochs')} epochs), surrogate "
             f"({params.get('surrogate_epochs')} epochs), {len(methods)} students "
