@@ -71,7 +71,7 @@ def _bad(capsys, argv, match, tmp_path):
 @pytest.mark.parametrize("argv,match", [
     (["--preset", "cifar7-resnet"], "unknown preset"),
     (["--preset", "digits-sat", "--method", "madry"], "unknown method"),
-    (["--preset", "digits-sat", "--epochs", "0"], "--epochs must be a positive"),
+    (["--preset", "digits-sat", "--epochs", "0"], "epochs must be a positive"),
     (["--preset", "digits-sat", "--batch-size", "-3"], "--batch-size must be a positive"),
     (["--preset", "digits-sat", "--epsilon", "0"], "epsilon must be in (0, 1]"),
     (["--preset", "digits-sat", "--epsilon", "1.5"], "epsilon must be in (0, 1]"),
