@@ -98,24 +98,21 @@ def _typed(name: str, text: str, kind: str):
         if text.strip().lower() in ("true", "false"):
             return text.strip().lower() == "true"
         raise wrong(" (true or false)")
-    if kind == "LIST":
-        if text.lstrip().startswith("["):
-            try:
-                value = json.loads(text)
-            except ValueError:
-                raise wrong(" (a JSON list)") from None
-            if not isinstance(value, list):
-                raise wrong()
-            return value
-        return [item.strip() for item in text.split(",") if item.strip()]
-    if kind == "STRUCT":
+    def json_of(python_type, what: str):
         try:
             value = json.loads(text)
         except ValueError:
-            raise wrong(" (a JSON object)") from None
-        if not isinstance(value, dict):
+            raise wrong(f" ({what})") from None
+        if not isinstance(value, python_type):
             raise wrong()
         return value
+
+    if kind == "LIST":
+        if text.lstrip().startswith("["):
+            return json_of(list, "a JSON list")
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if kind == "STRUCT":
+        return json_of(dict, "a JSON object")
     raise UserError(f"--param {name}: the pipeline declares the unsupported type {kind!r}")
 
 
