@@ -45,7 +45,7 @@ class ProgressFilter:
     # -- the stream interface ---------------------------------------------------------
     def write(self, text: str) -> int:
         with self._lock:
-            if self.log_file is not None:
+            if self.log_file is not None and not self.log_file.closed:
                 self.log_file.write(text)
             self._buffer += text
             while "\n" in self._buffer:
@@ -55,7 +55,7 @@ class ProgressFilter:
 
     def flush(self) -> None:
         with self._lock:
-            if self.log_file is not None:
+            if self.log_file is not None and not self.log_file.closed:
                 self.log_file.flush()
             self.terminal.flush()
 

@@ -42,6 +42,7 @@ import argparse
 import builtins
 import contextlib
 import datetime
+import logging
 import os
 import re
 import shutil
@@ -302,6 +303,8 @@ def run_local(out_dir: str, params: dict, *, image: str | None = None, threads: 
     params.setdefault("accelerator_count", 0)
     log_path = os.path.join(out_dir, "pipeline.log")
     stdout, builtin_print = sys.stdout, builtins.print
+    root_logger = logging.getLogger()
+    root_handlers, root_level = root_logger.handlers[:], root_logger.level
     with open(log_path, "w") as log_file, warnings.catch_warnings(), \
             _step_environment(threads):
         # "settings ['accelerator'] have no effect in the local runner"; "non-Python image".
@@ -318,9 +321,13 @@ def run_local(out_dir: str, params: dict, *, image: str | None = None, threads: 
         finally:
             sys.stdout.flush()
             sys.stdout = stdout
-            # kfp indents step output by swapping `print`; two steps running at once can
-            # leave the indenting one in place.
+            # kfp indents step output by swapping `print`, and points the root logger at
+            # the stdout of the moment; each saves and restores the previous value, so two
+            # steps running at once can leave one step's `print` or handler in place, and a
+            # handler writing to this (then closed) log file breaks later logging calls.
             builtins.print = builtin_print
+            root_logger.handlers[:] = root_handlers
+            root_logger.setLevel(root_level)
     try:
         paths = {name: task.outputs[name].path for name in ("report", "table", "plot")}
     except (AttributeError, KeyError, TypeError):

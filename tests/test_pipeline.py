@@ -4,6 +4,7 @@ the pinned requirements, `submit` fails in one line on an unreachable host, and 
 of a tiny configuration produces a report with one row per method and every column."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -259,8 +260,13 @@ def test_run_local_tiny_two_methods(tmp_path):
     """The whole graph on digits, one training step per model, 16 evaluation points, the
     reference AutoAttack and Square with a few iterations: about 2-3 minutes."""
     environment = dict(os.environ)
+    root_logger = logging.getLogger()
+    handlers, level = root_logger.handlers[:], root_logger.level
     result = _run_tiny(tmp_path, ("sat", "rslad"))
     assert dict(os.environ) == environment  # the steps' settings do not leak
+    # ... nor does the root-logger handler kfp points at the (closed) progress stream: a
+    # later logging call would print a "Logging error" traceback.
+    assert (root_logger.handlers, root_logger.level) == (handlers, level)
     _check_report(result, ("sat", "rslad"))
     root = result["pipeline_root"]
     # The students' artifacts: model.keras with its record, the run directory beside it.
