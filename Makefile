@@ -23,7 +23,7 @@ $(DEV_STAMP): $(STAMP) requirements-dev.txt
 venv: $(DEV_STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m rslad_tf.demo
+	$(BIN)/python -m pipelines.demo
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q

@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 # The one image every component runs in; override with RSLAD_TF_IMAGE or `--image`.
 DEFAULT_IMAGE = "rslad-tf:0.1.0"
@@ -69,7 +69,7 @@ def component(func=None, *, base_image: str | None = None):
 def configure_runtime(tensorflow: bool = True, attack_shards="1") -> None:
     """Line-buffered progress and, for steps that use TensorFlow, thread pools sized to the
     machine and quiet C++ logs (``tensorflow=False`` spares a step the import).
-    ``attack_shards``: see `rslad_tf.runtime.configure` (training steps pass "auto")."""
+    ``attack_shards``: see `rslad_tf.common.runtime.configure` (training steps pass "auto")."""
     import sys
 
     try:
@@ -78,7 +78,7 @@ def configure_runtime(tensorflow: bool = True, attack_shards="1") -> None:
         pass
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if tensorflow:
-        from rslad_tf import runtime
+        from rslad_tf.common import runtime
 
         runtime.configure(attack_shards=runtime.parse_attack_shards(attack_shards))
 
@@ -136,7 +136,7 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
 
 
 def model_spec_overrides(spec: str) -> dict:
-    """``"small_cnn:width=32"`` as overrides of `rslad_tf.overrides.apply`:
+    """``"small_cnn:width=32"`` as overrides of `rslad_tf.config.overrides.apply`:
     ``{"model": "small_cnn", "model_kwargs.width": 32}`` (``{}`` for ``""``). The kwargs
     are merged into the preset's when the name is the preset's own model, and replace
     them otherwise (a new model starts without keyword arguments)."""
@@ -223,7 +223,7 @@ def write_model_artifact(out_dir: str, keras_file: str, info: dict, *,
                          copy: bool = True) -> dict:
     """Put ``keras_file`` into the artifact directory as ``model.keras`` with ``model.json``;
     returns the info with the file's SHA-256 added."""
-    from rslad_tf import fileio
+    from rslad_tf.common import fileio
 
     os.makedirs(out_dir, exist_ok=True)
     target = os.path.join(out_dir, MODEL_FILE)

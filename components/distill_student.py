@@ -18,16 +18,17 @@ def distill_student_fn(dataset_dir: str, out_dir: str, *, method: str, teacher_d
     ``model``: ``""`` for the preset's student (``small_cnn:width=16`` on digits) or a spec
     such as ``resnet18``. Numeric overrides of 0 keep the preset's values.
     """
-    from rslad_tf import presets
-    from rslad_tf.errors import UserError
+    from rslad_tf.config import presets
+    from rslad_tf.common import vocabulary
+    from rslad_tf.common.errors import UserError
 
     from components.common import parse_model_spec, read_dataset
     from components.training import (apply_overrides, load_teacher_artifact, run_training,
                                      student_preset_name)
 
-    if method not in presets.METHOD_NAMES:
+    if method not in vocabulary.METHOD_NAMES:
         raise UserError(f"unknown method {method!r}; choose one of: "
-                        f"{', '.join(presets.METHOD_NAMES)}")
+                        f"{', '.join(vocabulary.METHOD_NAMES)}")
     model_name, _ = parse_model_spec(model)
     manifest = read_dataset(dataset_dir)
     config = presets.get(student_preset_name(manifest["dataset"], method, model_name))

@@ -1,4 +1,4 @@
-"""Shared by the evaluation components: one call of `rslad_tf.evaluate.evaluate` on a
+"""Shared by the evaluation components: one call of `rslad_tf.evaluation.suite.evaluate` on a
 Model artifact, the eval JSON written to the output artifact."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import json
 
 from components.common import check_model_fits, parse_list, read_dataset, tagged
 from components.training import load_model_artifact
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 ACC_SUFFIX = "_acc"
-# Implementations of AutoAttack and Square in rslad_tf.evaluate ("" = its default).
+# Implementations of AutoAttack and Square in rslad_tf.evaluation.suite ("" = its default).
 AUTOATTACK_IMPLS = ("", "native", "reference")
 
 
@@ -28,7 +28,7 @@ def parse_reference_options(text: str, what: str = "autoattack_options") -> dict
     if not isinstance(options, dict):
         raise UserError(f"{what} {text!r} is not a JSON object")
     try:
-        from rslad_tf.attacks.autoattack_reference import OPTION_KEYS
+        from rslad_tf.attacks.autoattack.reference import OPTION_KEYS
     except ImportError:
         return options
     unknown = sorted(set(options) - set(OPTION_KEYS))
@@ -43,7 +43,7 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
                    epsilon: float = 0.0, batch_size: int = 256, seed: int = 0,
                    reference_options: str = "", options_name: str = "autoattack_options",
                    autoattack_impl: str = "", log=print) -> dict:
-    from rslad_tf import fileio
+    from rslad_tf.common import fileio
 
     names = parse_list(attacks, allowed, "attack")
     options = parse_reference_options(reference_options, options_name)
@@ -73,7 +73,7 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
         if surrogate_info.get("sha256") and surrogate_info.get("sha256") == info.get("sha256"):
             raise UserError("the surrogate is the evaluated model itself: a transfer attack "
                             "needs a separately trained model")
-    from rslad_tf.evaluate import evaluate
+    from rslad_tf.evaluation.suite import evaluate
 
     log = tagged(log, info.get("method") or info.get("role") or "model")
     extra = {"autoattack_options": options} if options else {}

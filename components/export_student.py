@@ -1,6 +1,6 @@
 """export_student: export a distilled student in the formats asked for (SavedModel, LiteRT
-float or int8, ONNX; `rslad_tf.export`), and evaluate each artifact as it ships
-(`rslad_tf.artifact_eval`): clean accuracy, the protocol's white-box images crafted on the
+float or int8, ONNX; `rslad_tf.interop.export`), and evaluate each artifact as it ships
+(`rslad_tf.evaluation.artifact_eval`): clean accuracy, the protocol's white-box images crafted on the
 float student, the transfer attacks from the surrogate, Square on the artifact itself,
 its size and CPU latency. With no formats the step exports nothing (and starts no
 TensorFlow)."""
@@ -19,8 +19,8 @@ EXPORTS_FILE = "exports.json"
 
 def parse_formats(text: str) -> list[str]:
     """``"litert, litert-int8"`` -> the formats, each checked; ``""`` -> [] (no export)."""
-    from rslad_tf.artifacts import FORMATS
-    from rslad_tf.errors import UserError
+    from rslad_tf.interop.artifacts import FORMATS
+    from rslad_tf.common.errors import UserError
 
     from components.common import parse_list
 
@@ -42,8 +42,8 @@ def export_student_fn(dataset_dir: str, model_dir: str, surrogate_dir: str, out_
     settings as for evaluate_blackbox (e.g. ``{"n_queries": 1000}``)."""
     import os
 
-    from rslad_tf import fileio
-    from rslad_tf.errors import UserError
+    from rslad_tf.common import fileio
+    from rslad_tf.common.errors import UserError
 
     from components.common import ensure_empty_dir
 
@@ -58,12 +58,12 @@ def export_student_fn(dataset_dir: str, model_dir: str, surrogate_dir: str, out_
     from components.common import check_model_fits, parse_list, read_dataset, tagged
     from components.evaluation import parse_reference_options
     from components.training import load_model_artifact
-    from rslad_tf.artifact_eval import evaluate_artifact
-    from rslad_tf.evaluate import ATTACKS
+    from rslad_tf.evaluation.artifact_eval import evaluate_artifact
+    from rslad_tf.evaluation.suite import ATTACKS
 
     chosen = parse_list(attacks, ATTACKS, "attack")
     options = parse_reference_options(square_options, "square_options")
-    from rslad_tf.export import export
+    from rslad_tf.interop.export import export
 
     manifest = read_dataset(dataset_dir)
     model, keras_path, info = load_model_artifact(model_dir, "model")

@@ -17,7 +17,7 @@ import shutil
 from kfp.dsl import Dataset, Input, Model, Output
 
 from components.common import component
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 HTTP_TIMEOUT_S = 60
 INCOMING_FILE = "incoming.keras"
@@ -64,7 +64,8 @@ def normalise_sha256(expected: str) -> str | None:
 def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
                       expected_sha256: str = "", trained_dir: str = "", log=print) -> dict:
     """Write the checked teacher into the Model artifact ``out_dir``; returns its info."""
-    from rslad_tf import fileio
+    from rslad_tf.common import fileio
+    from rslad_tf.methods import saving
 
     from components.common import (check_model_fits, ensure_empty_dir, model_file,
                                    model_info, read_dataset, write_model_artifact)
@@ -95,7 +96,7 @@ def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
                 raise UserError(f"trained teacher {local!r} changed since train_teacher wrote it "
                            f"(SHA-256 differs from {recorded})")
     try:
-        teacher = fileio.load_model(local, what="teacher", expected_sha256=expected)
+        teacher = saving.load_model(local, what="teacher", expected_sha256=expected)
         check_model_fits(teacher, manifest, source, "teacher")
     except BaseException:
         if uri and os.path.exists(local):

@@ -12,7 +12,7 @@ from typing import List
 from kfp.dsl import Artifact, Input, Markdown, Output
 
 from components.common import component
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 IMPL_TEXT = {"native": "the toolkit's TensorFlow implementation (rslad_tf.attacks.autoattack)",
              "reference": "the reference code (pyautoattack) under Keras' torch backend"}
@@ -37,7 +37,7 @@ def _load_eval(path: str) -> dict:
 def merge_evals(whitebox: list[dict], blackbox: list[dict]) -> list[dict]:
     """One eval dict per model: the black-box accuracies (and attack settings) added to the
     white-box result of the same model, in the paper's method order."""
-    from rslad_tf.presets import METHOD_NAMES
+    from rslad_tf.common.vocabulary import METHOD_NAMES
 
     merged: dict[tuple, dict] = {}
     for result in list(whitebox) + list(blackbox):
@@ -111,7 +111,8 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
 
     ``teacher_file``: the teacher's white-box eval JSON; its row comes first, with the
     students' rows below it (each row with the trainable parameters of its model)."""
-    from rslad_tf import fileio, report
+    from rslad_tf.common import fileio
+    from rslad_tf.evaluation import report
 
     if not whitebox_files and not blackbox_files:
         raise UserError("no evaluation results to report")

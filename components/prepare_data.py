@@ -22,7 +22,7 @@ def prepare_data_fn(out_dir: str, *, dataset: str = "digits", data_dir: str = ""
     data is missing) and write ``dataset.json`` into ``out_dir``. Returns the manifest."""
     import numpy as np
 
-    from rslad_tf import fileio
+    from rslad_tf.common import fileio
     from rslad_tf.data import load_numpy, spec
 
     data_spec = spec(dataset)  # DataError naming the known datasets

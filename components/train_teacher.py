@@ -36,8 +36,9 @@ def train_teacher_fn(dataset_dir: str, out_dir: str, *, method: str = "trades",
     the default (the teacher preset's model; for the surrogate ``SURROGATE_MODELS``) or a
     spec such as ``small_cnn:width=32``. Numeric overrides of 0 keep the preset's values.
     """
-    from rslad_tf import fileio, presets
-    from rslad_tf.errors import UserError
+    from rslad_tf.common import fileio
+    from rslad_tf.config import presets
+    from rslad_tf.common.errors import UserError
 
     from components.common import ensure_empty_dir, parse_model_spec, read_dataset
     from components.training import (apply_overrides, run_training, student_preset_name,

@@ -8,7 +8,7 @@ import os
 
 from components.common import (RUN_SUBDIR, check_model_fits, model_file, model_info,
                                model_spec_overrides, tagged, write_model_artifact)
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 CHECKPOINTS = ("best", "last")
 # The paper's main student: its presets are the default where a dataset has several.
@@ -17,7 +17,7 @@ DEFAULT_STUDENT = "resnet18"
 
 def teacher_preset_name(dataset: str) -> str:
     """The preset that trains the dataset's teacher (``digits-teacher`` for digits)."""
-    from rslad_tf import presets
+    from rslad_tf.config import presets
 
     names = presets.available()
     if f"{dataset}-teacher" in names:
@@ -34,11 +34,12 @@ def student_preset_name(dataset: str, method: str, model: str = "") -> str:
     """The student preset of ``method`` on ``dataset``: ``<dataset>-<model>-<method>`` when
     it exists, else ``<dataset>-<method>``, else ``<dataset>-resnet18-<method>``, else the
     first ``<dataset>-*-<method>`` (the caller then puts ``model`` into it)."""
-    from rslad_tf import presets
+    from rslad_tf.config import presets
+    from rslad_tf.common import vocabulary
 
-    if method not in presets.METHOD_NAMES:
+    if method not in vocabulary.METHOD_NAMES:
         raise UserError(f"unknown method {method!r}; choose one of: "
-                        f"{', '.join(presets.METHOD_NAMES)}")
+                        f"{', '.join(vocabulary.METHOD_NAMES)}")
     names = presets.available()
     candidates = ([f"{dataset}-{model}-{method}"] if model else []) + [
         f"{dataset}-{method}", f"{dataset}-{DEFAULT_STUDENT}-{method}"]
@@ -56,11 +57,11 @@ def apply_overrides(config, manifest: dict, *, model: str = "", epochs: int = 0,
                     epsilon: float = 0.0, attack_steps: int = 0, max_steps: int = 0,
                     batch_size: int = 0, seed: int = 0, eval_n_examples: int = 0):
     """The preset with the pipeline's overrides (0 / "" keep the preset's value), applied
-    by `rslad_tf.overrides.apply`: the same rule as ``python -m rslad_tf.train``. A new
+    by `rslad_tf.config.overrides.apply`: the same rule as ``python -m rslad_tf.train``. A new
     ``epochs`` scales the LR milestones, the selection interval and IAD's warm-up with it;
     a new ``epsilon`` keeps the preset's step / eps ratio."""
-    from rslad_tf import overrides
-    from rslad_tf.presets import PresetError
+    from rslad_tf.config import overrides
+    from rslad_tf.config.presets import PresetError
 
     if int(seed) < 0:
         raise UserError(f"seed must be non-negative, got {seed}")
@@ -87,11 +88,11 @@ def describe_model(config) -> str:
 def load_model_artifact(path: str, what: str = "model"):
     """(Keras model, .keras path, info) of a Model artifact, its SHA-256 checked against the
     one recorded when it was written (so a file changed between steps is refused)."""
-    from rslad_tf import fileio
+    from rslad_tf.methods import saving
 
     keras_path = model_file(path, what)
     info = model_info(path)
-    model = fileio.load_model(keras_path, what=what, expected_sha256=info.get("sha256"))
+    model = saving.load_model(keras_path, what=what, expected_sha256=info.get("sha256"))
     return model, keras_path, info
 
 
@@ -99,7 +100,7 @@ def run_training(config, out_dir: str, *, role: str, teacher=None, teacher_info=
                  checkpoint: str = "best", log=print) -> dict:
     """Train ``config`` with the run directory in ``out_dir/run``, then put the chosen
     checkpoint into ``out_dir/model.keras``. Returns the artifact's info."""
-    from rslad_tf import train as training
+    from rslad_tf.training import loop as training
 
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"unknown checkpoint {checkpoint!r}; choose best or last")

@@ -14,8 +14,8 @@ import math
 
 import yaml
 
-from rslad_tf.errors import UserError
-from rslad_tf.presets import METHOD_NAMES
+from rslad_tf.common.errors import UserError
+from rslad_tf.common.vocabulary import METHOD_NAMES
 
 # kfp IR parameter types -> the word shown to users.
 TYPE_NAMES = {"STRING": "string", "NUMBER_INTEGER": "integer", "NUMBER_DOUBLE": "float",

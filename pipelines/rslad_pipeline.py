@@ -56,8 +56,8 @@ from kfp.dsl import Artifact, Markdown
 import components
 from components.common import BLACKBOX_ATTACKS, WHITEBOX_ATTACKS
 from pipelines import parameters, submit
-from rslad_tf.errors import ArgumentParser, UserError, run_cli
-from rslad_tf.presets import METHOD_NAMES, PAPER_METHODS
+from rslad_tf.common.errors import ArgumentParser, UserError, run_cli
+from rslad_tf.common.vocabulary import METHOD_NAMES, PAPER_METHODS
 
 PIPELINE_NAME = "rslad-tf"
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
@@ -213,7 +213,7 @@ def compile_pipeline(out: str, image: str | None = None, *, accelerators: bool =
 
 # -- local runs ------------------------------------------------------------------------
 # Named local configurations. `digits` is the demo (about 10 minutes on 2 CPU cores, see
-# rslad_tf.demo); `digits-tiny` a smoke test of the whole graph in a couple of minutes.
+# pipelines.demo); `digits-tiny` a smoke test of the whole graph in a couple of minutes.
 LOCAL_PRESETS = {
     # The demo (`make demo`): about 10 minutes on 2 CPU cores. AutoAttack (standard) and
     # Square (5,000 queries) run in the toolkit's TensorFlow implementation, about four

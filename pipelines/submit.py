@@ -33,7 +33,7 @@ import urllib.parse
 import urllib.request
 import warnings
 
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 HEALTH_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 60.0

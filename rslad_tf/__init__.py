@@ -1,7 +1,7 @@
 """rslad_tf: Robust Soft Label Adversarial Distillation (Zi et al., ICCV 2021) in Keras 3.
 
 Public API: ``RSLADModel`` and the other method classes, ``rslad_tf.models.create``,
-``rslad_tf.losses``, ``rslad_tf.attacks``, ``rslad_tf.evaluate.evaluate`` and
+``rslad_tf.losses``, ``rslad_tf.attacks``, ``rslad_tf.evaluation.suite.evaluate`` and
 ``rslad_tf.data.load_numpy``. The method classes are imported lazily so that
 ``rslad_tf.models`` can be used without TensorFlow (e.g. under Keras' torch backend).
 """

@@ -9,8 +9,8 @@ from host memory. Optimised configuration: the fast paths that help on the devic
 
 - CPU: the exact fast paths only: the training set on the device, the teacher soft-label
   cache, and the attack cut into 2 shards that run at the same time, one core each
-  (`rslad_tf.attacks.pgd.pgd_graph`), in a process whose thread pools are laid out for
-  them (inter-op 2, intra-op cores / 2; `rslad_tf.runtime.configure`). No XLA (XLA's CPU
+  (`rslad_tf.attacks.engine.pgd_graph`), in a process whose thread pools are laid out for
+  them (inter-op 2, intra-op cores / 2; `rslad_tf.common.runtime.configure`). No XLA (XLA's CPU
   convolution gradients were 3-4x slower than the plain graph), and neither bfloat16 nor
   the folded attack (a few percent at most here; the ablation rows show them).
 - GPU: device data and the cache, plus XLA for the training step and the evaluation
@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -57,7 +56,7 @@ import time
 
 import numpy as np
 
-from rslad_tf.errors import UserError, run_cli
+from rslad_tf.common.errors import UserError, run_cli
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +99,7 @@ OPTIMISED = {
 
 def optimised_options(kind: str) -> dict:
     options = dict(OPTIMISED[kind])
-    from rslad_tf.runtime import cores
+    from rslad_tf.common.runtime import cores
 
     if cores() < 2:
         options["shards"] = 1  # one core: nothing to run the shards side by side
@@ -227,7 +226,7 @@ class Config:
         from rslad_tf.data.device_data import DeviceData, indexed_dataset
         from rslad_tf.methods import RSLADModel
         from rslad_tf.methods.soft_label_cache import SoftLabelCache
-        from rslad_tf.train import MIXED_POLICIES, dtype_policy
+        from rslad_tf.training.loop import MIXED_POLICIES, dtype_policy
 
         self.name = name
         # shards: the attack shards of the process this configuration runs in (`_Layout`).
@@ -377,12 +376,12 @@ def _serve(conn, shards: int, hide_gpu: bool, profile: Profile, specs) -> None:
     import traceback
 
     try:
-        from rslad_tf.quiet import import_tensorflow
+        from rslad_tf.common.quiet import import_tensorflow
 
         tf = import_tensorflow()
         if hide_gpu:
             tf.config.set_visible_devices([], "GPU")
-        from rslad_tf import runtime
+        from rslad_tf.common import runtime
 
         runtime.configure(attack_shards=shards)
         layout = _Layout(profile, specs)
@@ -638,15 +637,15 @@ def run(device: str | None = None, *, quick: bool = False, steps: int | None = N
 
 
 def _thread_layout(shards: int) -> str:
-    from rslad_tf.runtime import thread_pools
+    from rslad_tf.common.runtime import thread_pools
 
     intra, inter = thread_pools(shards)
     return f"{shards} attack shard(s), intra-op {intra}, inter-op {inter}"
 
 
 def _eval_epochs(epochs=PROJECTION_EPOCHS):
-    from rslad_tf import presets
-    from rslad_tf.train import is_eval_epoch
+    from rslad_tf.config import presets
+    from rslad_tf.training.loop import is_eval_epoch
 
     config = presets.get("cifar10-resnet18-rslad").replace(epochs=epochs)
     return sum(1 for e in range(epochs) if is_eval_epoch(config, e))
@@ -737,7 +736,8 @@ def robustness(seeds=(0, 1, 2), *, runs_dir: str, variants=None, log=print) -> d
     (the training run's own selection evaluation: PGD_TRADES settings, all 450 test
     images) and the mean over seeds. The optimised runs must match the reference within
     one percentage point."""
-    from rslad_tf import presets, train
+    from rslad_tf.config import presets
+    from rslad_tf.training import loop as train
 
     variants = list(variants or ROBUSTNESS_VARIANTS)
     teacher_run = os.path.join(runs_dir, "digits-teacher")
@@ -813,7 +813,7 @@ def main(argv=None) -> None:
     for name in ("steps", "repeats", "cache_buckets"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
-    from rslad_tf import runtime
+    from rslad_tf.common import runtime
 
     # --robustness trains like the train CLI (attack shards "auto": exact, so the variants
     # differ only in what they compare); the timing run lays out its own child processes.
@@ -825,14 +825,14 @@ def main(argv=None) -> None:
     if args.robustness:
         result = robustness(tuple(args.seeds), runs_dir=args.runs_dir)
         if args.json:
-            from rslad_tf import fileio
+            from rslad_tf.common import fileio
 
             fileio.write_json(args.json, result)
         return
     result = run(args.device, quick=args.quick, steps=args.steps, repeats=args.repeats,
                  ablations=args.ablations, cache_buckets=args.cache_buckets)
     if args.json:
-        from rslad_tf import fileio
+        from rslad_tf.common import fileio
 
         fileio.write_json(args.json, result)
 

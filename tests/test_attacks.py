@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from rslad_tf import attacks
-from rslad_tf.evaluate import accuracy_under_attack
+from rslad_tf.evaluation.core import accuracy_under_attack
 
 EPS = 0.2
 TOL = 1e-6  # float32 rounding of x +- eps

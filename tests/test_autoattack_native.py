@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from rslad_tf import evaluate as ev
+from rslad_tf.evaluation import suite as ev
 from rslad_tf.attacks import autoattack as aa
 from rslad_tf.attacks.autoattack import _util, apgd, fab, square
 
@@ -261,8 +261,8 @@ def test_agreement_with_the_reference_on_a_small_set(saved_model, tmp_path, caps
     the verification command. The run (random starts, different random streams) must
     agree within one point."""
     pytest.importorskip("pyautoattack")
-    from rslad_tf import verify_autoattack as verify
-    from rslad_tf.errors import run_cli
+    from rslad_tf.evaluation import verify_autoattack as verify
+    from rslad_tf.common.errors import run_cli
 
     out = tmp_path / "verify.json"
     code = run_cli(verify.main, [saved_model, "--n-examples", str(N), "--attacks", ",".join(ALL),
@@ -289,7 +289,7 @@ def test_agreement_with_the_reference_on_a_small_set(saved_model, tmp_path, caps
 
 def test_fab_t_verdicts_equal_the_references(saved_model, trained_digits_model, points):
     pytest.importorskip("pyautoattack")
-    from rslad_tf.attacks import autoattack_reference as reference
+    from rslad_tf.attacks.autoattack import reference as reference
 
     x, y = points
     opts = {"n_iter": 20, "n_target_classes": 3}
@@ -322,7 +322,7 @@ def test_evaluate_routes_autoattack_and_square_to_native(trained_digits_model):
 
 
 def test_evaluate_cli_takes_autoattack(tmp_path, trained_digits_model, capsys):
-    from rslad_tf.errors import run_cli
+    from rslad_tf.common.errors import run_cli
 
     path = str(tmp_path / "m.keras")
     trained_digits_model.save(path)
@@ -340,7 +340,7 @@ def test_evaluate_cli_takes_autoattack(tmp_path, trained_digits_model, capsys):
 
 @pytest.mark.slow
 def test_standard_version_agrees_with_the_reference_on_96_points(saved_model):
-    from rslad_tf import verify_autoattack as verify
+    from rslad_tf.evaluation import verify_autoattack as verify
 
     result = verify.verify(saved_model, n_examples=96, batch_size=96)
     assert result["final"]["same_verdict"] >= 0.95

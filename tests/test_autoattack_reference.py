@@ -18,8 +18,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from rslad_tf.attacks import autoattack_reference as reference
-from rslad_tf.evaluate import predict_labels
+from rslad_tf.attacks.autoattack import reference as reference
+from rslad_tf.evaluation.core import predict_labels
 
 EPS = 0.2
 N = 24
@@ -176,8 +176,8 @@ def test_standard_version_on_a_few_points(saved_model, points, trained_digits_mo
 
 
 def test_the_toolkit_side_imports_no_torch():
-    code = ("import sys, rslad_tf.evaluate, rslad_tf.report, "
-            "rslad_tf.attacks.autoattack_reference; "
+    code = ("import sys, rslad_tf.evaluation.suite, rslad_tf.evaluation.report, "
+            "rslad_tf.attacks.autoattack.reference; "
             "assert 'torch' not in sys.modules and 'pyautoattack' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=reference._package_root())

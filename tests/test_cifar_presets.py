@@ -5,11 +5,14 @@ import os
 import keras
 import pytest
 
-from rslad_tf import models, presets, train
-from rslad_tf.errors import run_cli
+from rslad_tf import models
+from rslad_tf.config import presets
+from rslad_tf.common import vocabulary
+from rslad_tf.training import loop as train
+from rslad_tf.common.errors import run_cli
 
 CIFAR_STUDENTS = [f"{d}-{m}-{meth}" for d in ("cifar10", "cifar100")
-                  for m in ("resnet18", "mobilenetv2") for meth in presets.METHOD_NAMES]
+                  for m in ("resnet18", "mobilenetv2") for meth in vocabulary.METHOD_NAMES]
 IGDM_STUDENTS = [f"{d}-{m}-{meth}-igdm" for d in ("cifar10", "cifar100")
                  for m in ("resnet18", "mobilenetv2") for meth in presets.IGDM_BASES]
 

@@ -7,7 +7,7 @@ import sys
 # reader has gone is certain, not a race.
 _LOUD_CLI = (
     "import sys\n"
-    "from rslad_tf.errors import run_cli\n"
+    "from rslad_tf.common.errors import run_cli\n"
     "def main(argv):\n"
     "    for _ in range(200_000):\n"
     "        print('x' * 80)\n"

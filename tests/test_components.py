@@ -22,7 +22,7 @@ from components.make_report import make_report_fn, merge_evals
 from components.prepare_data import prepare_data_fn
 from components.train_teacher import train_teacher_fn
 from rslad_tf.data import DataError
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 TINY = dict(model="small_cnn:width=4", epochs=1, max_steps=1, attack_steps=1,
             eval_n_examples=16)
@@ -135,7 +135,7 @@ def test_train_teacher_writes_a_model_artifact(trained_dir):
     info = _info(trained_dir)
     assert info["role"] == "teacher" and info["method"] == "trades"
     assert info["model_name"] == "small_cnn(width=4)" and info["epochs"] == 1
-    from rslad_tf import fileio
+    from rslad_tf.common import fileio
 
     assert fileio.sha256(os.path.join(trained_dir, MODEL_FILE)) == info["sha256"]
     config = json.load(open(os.path.join(trained_dir, "run", "config.json")))
@@ -232,11 +232,12 @@ def test_import_teacher_bad_sources(tmp_path, data_dir, trained_dir):
 
 
 def test_import_teacher_refuses_a_model_for_other_data(tmp_path, data_dir):
-    from rslad_tf import fileio, models
+    from rslad_tf import models
+    from rslad_tf.methods import saving
 
     cifar_model = models.create("small_cnn", 10, input_shape=(32, 32, 3), width=2)
     path = str(tmp_path / "cifar.keras")
-    fileio.save_model(cifar_model, path)
+    saving.save_model(cifar_model, path)
     with pytest.raises(UserError, match=r"takes \(32, 32, 3\).*digits has images \(8, 8, 1\)"):
         import_teacher_fn(data_dir, str(tmp_path / "t"), uri=path, log=quiet)
 

@@ -22,7 +22,7 @@ F = torch.nn.functional
 
 import keras  # noqa: E402
 
-from rslad_tf import convert_teacher as ct  # noqa: E402
+from rslad_tf.interop import convert_teacher as ct  # noqa: E402
 
 torch.set_num_threads(2)
 TOL = 1e-4

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from rslad_tf import train
+from rslad_tf.training import loop as train
 from rslad_tf.data import make_dataset
-from rslad_tf.errors import run_cli
+from rslad_tf.common.errors import run_cli
 from rslad_tf.methods import SATModel
 from rslad_tf.methods.ema import WeightAverage, decay_at
 

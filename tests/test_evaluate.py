@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rslad_tf import attacks, evaluate as ev
-from rslad_tf.errors import run_cli
+from rslad_tf import attacks
+from rslad_tf.evaluation import suite as ev
+from rslad_tf.common.errors import run_cli
 
 N = 96
 EPS = 0.2  # the digits threat model
@@ -31,8 +32,8 @@ def _quiet(*_):
 @pytest.fixture(scope="module")
 def sat_run(tmp_path_factory):
     """A short PGD-trained (SAT) digits run: run directory with config and checkpoints."""
-    from rslad_tf import presets
-    from rslad_tf.train import train
+    from rslad_tf.config import presets
+    from rslad_tf.training.loop import train
 
     out = str(tmp_path_factory.mktemp("evalrun") / "run")
     config = presets.get("digits-sat").replace(epochs=3, eval_n_examples=64)
@@ -260,8 +261,8 @@ def test_evaluate_run_writes_best_and_last(sat_run):
 
 
 def test_train_final_eval_calls_evaluate_run(monkeypatch, tmp_path):
-    from rslad_tf import presets
-    from rslad_tf.train import train
+    from rslad_tf.config import presets
+    from rslad_tf.training.loop import train
 
     seen = {}
 

@@ -1,4 +1,4 @@
-"""Exported artifacts (rslad_tf.export, rslad_tf.artifacts, rslad_tf.artifact_eval): each
+"""Exported artifacts (rslad_tf.interop.export, rslad_tf.interop.artifacts, rslad_tf.evaluation.artifact_eval): each
 format's round trip, int8 accuracy, the artifact's eval JSON against a checkpoint's, the
 report's artifact rows, and bad inputs (one line, exit 2, nothing changed)."""
 
@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from rslad_tf import artifacts
-from rslad_tf import export as export_lib
-from rslad_tf.errors import run_cli
+from rslad_tf.interop import artifacts
+from rslad_tf.interop import export as export_lib
+from rslad_tf.common.errors import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_NAME = {"saved_model": "model_savedmodel", "litert": "model.tflite",
@@ -89,8 +89,8 @@ def test_int8_clean_accuracy_within_two_points_of_float(exported, trained_digits
 @pytest.fixture(scope="module")
 def evals(exported, trained_digits_model):
     """The checkpoint's eval JSON and the int8 and SavedModel artifacts' ones."""
-    from rslad_tf.artifact_eval import evaluate_artifact
-    from rslad_tf.evaluate import evaluate
+    from rslad_tf.evaluation.artifact_eval import evaluate_artifact
+    from rslad_tf.evaluation.suite import evaluate
 
     attacks = ["clean", "pgd_sat", "square"]
     checkpoint = evaluate(trained_digits_model, attacks=attacks, **SMOKE)
@@ -124,7 +124,7 @@ def test_saved_model_artifact_scores_like_its_checkpoint(evals):
 
 
 def test_report_puts_each_artifact_row_after_its_float_model(evals):
-    from rslad_tf import report
+    from rslad_tf.evaluation import report
 
     checkpoint, int8, saved = evals
     rows = report.build_table([int8, checkpoint, saved])
@@ -179,7 +179,7 @@ def test_export_bad_inputs_one_line_and_nothing_changed(tmp_path, capsys):
 
 
 def test_evaluate_artifact_bad_inputs(tmp_path, trained_digits_model, capsys):
-    from rslad_tf import evaluate
+    from rslad_tf.evaluation import suite as evaluate
 
     ckpt = tmp_path / "student.keras"
     trained_digits_model.save(ckpt)
@@ -228,7 +228,7 @@ def test_export_student_step_and_its_report_rows(tmp_path, trained_digits_model)
     from components.export_student import export_student_fn, parse_formats
     from components.make_report import make_report_fn
     from components.prepare_data import prepare_data_fn
-    from rslad_tf.errors import UserError
+    from rslad_tf.common.errors import UserError
 
     def quiet(*_args, **_kwargs):
         pass

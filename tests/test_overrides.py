@@ -1,10 +1,12 @@
-"""One override rule for the train command line and the pipeline (`rslad_tf.overrides`)."""
+"""One override rule for the train command line and the pipeline (`rslad_tf.config.overrides`)."""
 
 import pytest
 
-from rslad_tf import overrides, presets, train
-from rslad_tf.errors import UserError
-from rslad_tf.presets import PresetError
+from rslad_tf.config import overrides
+from rslad_tf.config import presets
+from rslad_tf.training import loop as train
+from rslad_tf.common.errors import UserError
+from rslad_tf.config.presets import PresetError
 
 
 def _cli_config(argv):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipelines import rslad_pipeline as rp
-from rslad_tf.errors import run_cli
+from rslad_tf.common.errors import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMPONENTS = ("prepare-data", "train-teacher", "train-surrogate", "import-teacher",
@@ -279,7 +279,7 @@ def test_run_local_tiny_two_methods(tmp_path):
             assert os.path.isfile(os.path.join(dirpath, "run", "history.csv"))
     assert sorted(i["method"] for i in infos) == ["rslad", "sat"]
     assert os.path.getsize(result["log"]) > 0
-    # Every step's log is free of TensorFlow's start-up lines (rslad_tf.quiet).
+    # Every step's log is free of TensorFlow's start-up lines (rslad_tf.common.quiet).
     with open(result["log"]) as f:
         log = f.read()
     for noise in ("cuInit", "oneDNN custom operations", "Could not find cuda drivers",
@@ -295,7 +295,7 @@ def test_run_local_tiny_all_methods(tmp_path):
 
 # -- make demo -------------------------------------------------------------------------
 def test_demo_never_overwrites_results(tmp_path):
-    from rslad_tf import demo
+    from pipelines import demo
 
     base = tmp_path / "demo_out"
     assert demo.choose_out_dir(str(base)) == str(base)  # absent

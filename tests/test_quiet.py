@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from rslad_tf import quiet
+from rslad_tf.common import quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# What TensorFlow 2.21 printed on this project's CPU machine before `rslad_tf.quiet`.
+# What TensorFlow 2.21 printed on this project's CPU machine before `rslad_tf.common.quiet`.
 STARTUP = """\
 WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
 I0000 00:00:1796163302.174804    4840 port.cc:153] oneDNN custom operations are on. You may see slightly different numerical results due to floating-point round-off errors from different computation orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.
@@ -48,7 +48,7 @@ def test_tensorflow_import_keeps_only_genuine_lines():
     """The real import on this machine: its start-up lines go, a line that is not one of
     them (written at the same time) and everything after the import stay."""
     code = ("import os, sys\n"
-            "from rslad_tf import quiet\n"
+            "from rslad_tf.common import quiet\n"
             "with quiet.native_stderr_filtered():\n"
             "    import tensorflow as tf\n"
             "    tf.config.list_physical_devices('GPU')\n"

@@ -12,8 +12,10 @@ import keras
 import numpy as np
 import pytest
 
-from rslad_tf import fileio, train
-from rslad_tf.errors import UserError, run_cli
+from rslad_tf.common import fileio
+from rslad_tf.methods import saving
+from rslad_tf.training import loop as train
+from rslad_tf.common.errors import UserError, run_cli
 
 COMMON = ["--preset", "digits-sat", "--max-steps", "4", "--eval-n-examples", "16",
           "--no-final-eval", "--deterministic"]
@@ -90,7 +92,7 @@ def test_sigkill_at_arbitrary_moments_then_resume_is_bit_identical(uninterrupted
 def test_kill_during_a_save_leaves_the_old_file(tmp_path):
     path = str(tmp_path / "last.keras")
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    fileio.save_model(model, path)
+    saving.save_model(model, path)
     good = open(path, "rb").read()
 
     class DiesWhileSaving:
@@ -100,7 +102,7 @@ def test_kill_during_a_save_leaves_the_old_file(tmp_path):
             raise KeyboardInterrupt  # killed halfway through the write
 
     with pytest.raises(KeyboardInterrupt):
-        fileio.save_model(DiesWhileSaving(), path)
+        saving.save_model(DiesWhileSaving(), path)
     assert open(path, "rb").read() == good
     assert os.listdir(tmp_path) == ["last.keras"]  # no temporary file left behind
 
@@ -113,12 +115,12 @@ def test_truncated_and_tampered_checkpoints_are_refused(tmp_path):
     truncated = str(tmp_path / "truncated.keras")
     open(truncated, "wb").write(data[: len(data) // 3])
     with pytest.raises(UserError, match=r"not a Keras \.keras archive \(zip\)"):
-        fileio.load_model(truncated)
+        saving.load_model(truncated)
     tampered = str(tmp_path / "tampered.keras")
     open(tampered, "wb").write(data[:-10] + bytes(10))
     with pytest.raises(UserError, match="expected"):
-        fileio.load_model(tampered, expected_sha256=digest)
-    assert fileio.load_model(path, expected_sha256=digest) is not None
+        saving.load_model(tampered, expected_sha256=digest)
+    assert saving.load_model(path, expected_sha256=digest) is not None
 
 
 def test_malicious_pickle_in_resume_state_is_not_unpickled(tmp_path, capsys):
@@ -145,11 +147,11 @@ def test_malicious_keras_file_lambda_is_refused(tmp_path):
     inputs = keras.Input((3,))
     keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs)).save(path)
     with pytest.raises(UserError, match="not a loadable Keras model"):
-        fileio.load_model(path)
+        saving.load_model(path)
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path):
-    from rslad_tf import presets
+    from rslad_tf.config import presets
 
     out = str(tmp_path / "run")
     # Epoch 1 trains normally; from epoch 2 the learning rate is 5e30 and the loss blows up.
@@ -158,7 +160,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path
     with pytest.raises(UserError, match=r"non-finite loss at epoch 2, step \d+"):
         train.train(config, out)
     last = os.path.join(out, "checkpoints", "last.keras")
-    model = fileio.load_model(last)  # the last good checkpoint, from epoch 1
+    model = saving.load_model(last)  # the last good checkpoint, from epoch 1
     assert all(np.isfinite(w.numpy()).all() for w in model.weights)
     with np.load(os.path.join(out, "checkpoints", "state.npz")) as state:
         assert int(state["epoch"]) == 1

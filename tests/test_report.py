@@ -11,8 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from rslad_tf import report
-from rslad_tf.errors import UserError, run_cli
+from rslad_tf.evaluation import report
+from rslad_tf.common.errors import UserError, run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -156,7 +156,7 @@ def test_plot_clean_vs_aa_writes_a_png(tmp_path, evals):
 
 
 def test_plot_eps_sweep(trained_digits_model, digits_data, tmp_path):
-    from rslad_tf.evaluate import accuracy_under_attack
+    from rslad_tf.evaluation.core import accuracy_under_attack
 
     _, (x, y) = digits_data
     x, y = x[:64], y[:64]
@@ -276,7 +276,7 @@ def test_robustbench_format_has_the_leaderboard_fields(tmp_path, evals, capsys):
 
 
 def test_robustbench_notes_a_partial_test_set():
-    from rslad_tf import robustbench
+    from rslad_tf.evaluation import robustbench
 
     row = report.build_table([_eval("trades", model="small_cnn(width=16)", dataset="digits",
                                     **dict(FULL, n_examples=200))])[0]

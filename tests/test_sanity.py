@@ -1,11 +1,10 @@
 """Gradient-masking flags on a model built to mask its gradients."""
 
 import keras
-import numpy as np
 import pytest
 
-from rslad_tf import sanity
-from rslad_tf.evaluate import evaluate
+from rslad_tf.evaluation import sanity
+from rslad_tf.evaluation.suite import evaluate
 
 
 @keras.saving.register_keras_serializable(package="rslad_tf_tests")

@@ -3,7 +3,6 @@ attack computes the same function, attacks keep their invariants under XLA and m
 precision, and the benchmark and the training flags run. (Speed itself is measured by
 `python -m rslad_tf.bench`, not tested.)"""
 
-import importlib
 import json
 import os
 
@@ -12,17 +11,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rslad_tf import attacks, bench, models, train
-from rslad_tf.attacks.bn_folding import folded_view
+from rslad_tf import attacks, bench, models
+from rslad_tf.training import loop as train
+from rslad_tf.transforms.bn_folding import folded_view
 from rslad_tf.data import augment, make_dataset
 from rslad_tf.data.device_data import DeviceData, index_dataset, indexed_dataset
-from rslad_tf.errors import run_cli
+from rslad_tf.common.errors import run_cli
 from rslad_tf.methods import RSLADModel
 from rslad_tf.methods.soft_label_cache import (SoftLabelCache, cache_bytes, num_variants,
                                                variant_ids)
 
 EPS = 0.2
-pgd_module = importlib.import_module("rslad_tf.attacks.pgd")  # the package exports `pgd`
+from rslad_tf.attacks import engine as pgd_module
 
 
 def _cnn(width, seed=0, policy=None):
@@ -435,7 +435,7 @@ def test_sharded_training_attack_trains_bit_identically(trained_digits_model, di
 
 
 def test_attack_shards_setting():
-    from rslad_tf import runtime
+    from rslad_tf.common import runtime
 
     assert runtime.parse_attack_shards("auto") == "auto"
     assert runtime.parse_attack_shards("3") == 3
@@ -532,7 +532,7 @@ def test_bench_runs_and_writes_json(tmp_path):
     assert result["eval_attack"]["ratio"] > 0
     assert any("ratio" in line or "x1.00" in line for line in lines)
     path = str(tmp_path / "bench.json")
-    from rslad_tf import fileio
+    from rslad_tf.common import fileio
 
     fileio.write_json(path, result)
     assert json.load(open(path))["device"] == "cpu"

@@ -41,9 +41,10 @@ torch = pytest.importorskip("torch")  # requirements-dev.txt
 
 import torch_reference as ref  # noqa: E402  (tests/torch_reference.py)
 
-from rslad_tf import models, presets  # noqa: E402
+from rslad_tf import models
+from rslad_tf.config import presets  # noqa: E402
 from rslad_tf.data import load_numpy  # noqa: E402
-from rslad_tf.train import build_method, dtype_policy  # noqa: E402
+from rslad_tf.training.loop import build_method, dtype_policy  # noqa: E402
 
 LOSS_RTOL = 5e-3
 UPDATE_RTOL = 2e-3
@@ -215,7 +216,7 @@ def start_offset(method, x, clip=True):
 
     The method asks its seed generator once per step (digits has no augmentation), the
     generator hands out its current state, and the start is U(-eps, eps) clipped to the
-    eps ball and [0, 1] (`rslad_tf.attacks.pgd.random_start`); recomputed here with the
+    eps ball and [0, 1] (`rslad_tf.attacks.engine.random_start`); recomputed here with the
     same stateless op and the same float32 clipping (``clip=False``: the noise alone)."""
     if method.attack_start == "none":
         return None
@@ -380,7 +381,7 @@ def test_uniform_start_matches_the_references_unclipped_start():
 def test_attack_starts_are_the_references():
     """The parity runs fix the start (module docstring), so the start types are checked
     here: each preset's random start is its reference's, and the normal start's scale."""
-    from rslad_tf.attacks.pgd import NORMAL_START_STD
+    from rslad_tf.attacks.engine import NORMAL_START_STD
 
     for name, recipe in ref.REFERENCE.items():
         if name != "natural":

@@ -18,8 +18,7 @@ import pytest
 import yaml
 
 from pipelines import rslad_pipeline as rp
-from pipelines import submit
-from rslad_tf.errors import run_cli
+from rslad_tf.common.errors import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "tok-3f9a.SECRET-value-42"

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from rslad_tf import presets, train
-from rslad_tf.errors import run_cli
+from rslad_tf.common import vocabulary
+from rslad_tf.training import loop as train
+from rslad_tf.common.errors import run_cli
 
 FAST = ["--epochs", "1", "--max-steps", "2", "--eval-n-examples", "32", "--no-final-eval"]
 
@@ -39,7 +40,7 @@ def test_teacher_run_directory_layout(runs_dir):
     assert {"epoch", "lr", "loss", "acc", "clean_acc", "pgd20_acc", "seconds"} <= set(header)
 
 
-@pytest.mark.parametrize("method", presets.METHOD_NAMES)
+@pytest.mark.parametrize("method", vocabulary.METHOD_NAMES)
 def test_every_student_preset_runs_one_epoch(method, runs_dir, tmp_path, capsys):
     out = os.path.join(tmp_path, "run")
     code, stdout, err = _run(["--preset", f"digits-{method}", "--runs-dir", str(runs_dir),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rslad_tf.attacks.pgd import cw_inf, fgsm, pgd, pgd_graph  # noqa: F401
+from rslad_tf.attacks.engine import cw_inf, fgsm, pgd, pgd_graph  # noqa: F401
 
 # PGD_TRADES' step 0.003 at eps 8/255, as a fraction of eps (other eps scale with it).
 _TRADES_STEP_FRACTION = 0.003 / (8.0 / 255.0)

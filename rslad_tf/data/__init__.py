@@ -13,10 +13,12 @@ from typing import Callable
 
 import numpy as np
 
+from rslad_tf.common.errors import UserError
+
 SPLITS = ("train", "test")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset cannot be loaded as asked (unknown name, missing files, bad split)."""
 
 

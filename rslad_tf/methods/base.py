@@ -36,7 +36,7 @@ import tensorflow as tf
 
 from rslad_tf import losses
 from rslad_tf.attacks import pgd_graph
-from rslad_tf.attacks.bn_folding import folded_view
+from rslad_tf.transforms.bn_folding import folded_view
 from rslad_tf.data import augment
 from rslad_tf.methods.soft_label_cache import variant_ids
 

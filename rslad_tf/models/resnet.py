@@ -9,7 +9,7 @@ linear classifier. Post-activation blocks (ReLU after the residual add).
 Layer names mirror the module paths of the reference PyTorch model, with "." written
 as "__" (Keras' torch backend forbids "." in names; no reference name contains "__"):
 `layer2.0.shortcut.0.weight` lives in the layer `layer2__0__shortcut__0`. This makes
-`rslad_tf.convert_teacher` a name lookup. Layers without weights get names that no
+`rslad_tf.interop.convert_teacher` a name lookup. Layers without weights get names that no
 PyTorch key maps to.
 
 Helpers `conv2d` and `batch_norm` are shared with the other CIFAR models of this package.

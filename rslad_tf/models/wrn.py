@@ -11,7 +11,7 @@ raw input. They differ in:
   RSLAD repositories): ReLU, symmetric padding 1 for every 3x3 conv, no input
   normalisation. That file also defines a `sub_block1` (a copy of block1) that `forward`
   never calls: its weights are in the checkpoint but have no effect. We build the network
-  that `forward` computes; `rslad_tf.convert_teacher` skips the `sub_block1.*` keys.
+  that `forward` computes; `rslad_tf.interop.convert_teacher` skips the `sub_block1.*` keys.
   Counted without sub_block1 the model has 46,160,474 parameters for 10 classes, the
   46.16 M the RSLAD paper gives for its WRN-34-10 teacher (with sub_block1: 46,882,394).
 - `wrn70_16` follows DeepMind's PyTorch port for Gowal et al. 2020 ("Uncovering the

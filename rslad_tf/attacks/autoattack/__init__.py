@@ -11,7 +11,7 @@ a point counts as robust only if it survives all four:
 
 Threat model: ``||x_adv - x||_inf <= eps`` and x_adv in [0,1]. Written from the three
 papers; hyper-parameters are those of the reference implementation's standard version
-(``pyautoattack``), and `rslad_tf.verify_autoattack` compares the two point by point.
+(``pyautoattack``), and `rslad_tf.evaluation.verify_autoattack` compares the two point by point.
 
 Everything runs in float32 (a mixed-precision model is rebuilt in float32 first), compiled
 with ``tf.function`` (under XLA when ``jit_compile`` resolves to True, "auto" = on GPU),
@@ -26,7 +26,7 @@ import numpy as np
 
 # The standard order and the check of a request (versions, option keys) are the
 # reference module's (it imports no TensorFlow): both implementations accept the same.
-from rslad_tf.attacks.autoattack_reference import ATTACK_ORDER_STANDARD, check_request
+from rslad_tf.attacks.autoattack.reference import ATTACK_ORDER_STANDARD, check_request
 
 KNOWN_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 STANDARD = {"n_iter": 100, "n_restarts": 1, "n_queries": 5000, "n_target_classes": 9}
@@ -101,10 +101,10 @@ def run(model, x, y, *, eps: float, seed: int = 0, batch_size: int = 250,
     (whether XLA was used).
 
     ``workers``: how many batches run at the same time (None: the process's attack shards,
-    `rslad_tf.runtime.configure`); the results do not depend on it.
+    `rslad_tf.common.runtime.configure`); the results do not depend on it.
     """
     from rslad_tf.attacks.autoattack import _util
-    from rslad_tf.evaluate import ensure_float32
+    from rslad_tf.transforms.precision import ensure_float32
 
     order, params = resolve(version, attacks, options)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -121,7 +121,7 @@ def run(model, x, y, *, eps: float, seed: int = 0, batch_size: int = 250,
     model = ensure_float32(model)
     jit = _util.use_xla(jit_compile)
     if workers is None:
-        from rslad_tf.attacks.pgd import resolve_shards
+        from rslad_tf.attacks.engine import resolve_shards
 
         workers = 1 if jit else resolve_shards()
 

@@ -15,7 +15,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from rslad_tf.attacks.pgd import resolve_jit_compile
+from rslad_tf.attacks.engine import resolve_jit_compile
 
 
 class Compiled:
@@ -147,7 +147,7 @@ def inference_view(model, jit: bool):
     """What the attack graphs call: a `FrozenInference` of the model for plain CPU/GPU
     graphs, the model itself under XLA (which treats the weights as constants anyway), for
     large models, or when the model cannot be frozen (e.g. an exported artifact,
-    `rslad_tf.artifacts.ArtifactModel`, which has no variables to fold)."""
+    `rslad_tf.interop.artifacts.ArtifactModel`, which has no variables to fold)."""
     if jit or not hasattr(model, "count_params") or model.count_params() > FREEZE_MAX_PARAMS:
         return model
     try:

@@ -21,12 +21,12 @@ The child runs each of the version's attacks with ``run_standard_evaluation`` on
 points still robust (in index order, same batch size, same seed), which is what one call
 with all attacks does internally; doing it one attack at a time lets us record the robust
 flags after each attack. The parent then re-classifies the returned images with its own
-model (``rslad_tf.evaluate`` does this) so the reported number is the TensorFlow model's.
+model (``rslad_tf.evaluation.suite`` does this) so the reported number is the TensorFlow model's.
 
 This module imports neither TensorFlow nor PyTorch at the top: the parent side needs only
 numpy. The child is started as ``python <this file>`` with the repository root on
 ``PYTHONPATH``, so that importing the ``rslad_tf.attacks`` package (which imports
-TensorFlow) is avoided; ``python -m rslad_tf.attacks.autoattack_reference IN.npz OUT.npz``
+TensorFlow) is avoided; ``python -m rslad_tf.attacks.autoattack.reference IN.npz OUT.npz``
 works as well.
 """
 
@@ -336,7 +336,7 @@ def _apply_options(adversary, options: dict) -> None:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2:
-        print("usage: KERAS_BACKEND=torch python -m rslad_tf.attacks.autoattack_reference "
+        print("usage: KERAS_BACKEND=torch python -m rslad_tf.attacks.autoattack.reference "
               "IN.npz OUT.npz", file=sys.stderr)
         return 2
     _child(argv[0], argv[1])

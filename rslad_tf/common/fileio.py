@@ -7,10 +7,10 @@ import json
 import os
 import tempfile
 
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 
-def _atomic(path: str, write, suffix: str = "") -> None:
+def write_atomically(path: str, write, suffix: str = "") -> None:
     """Write through ``write(tmp_path)`` to a temporary file beside ``path``, fsync it, then
     rename it over ``path``: a crash leaves either the old file or the new one."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -38,7 +38,7 @@ def write_text(path: str, text: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
 
-    _atomic(path, write)
+    write_atomically(path, write)
 
 
 def write_json(path: str, obj) -> None:
@@ -53,12 +53,7 @@ def write_npz(path: str, arrays: dict) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    _atomic(path, write)
-
-
-def save_model(model, path: str) -> None:
-    """Save a Keras model to ``path`` (a ``.keras`` file) atomically."""
-    _atomic(path, lambda tmp: model.save(tmp), suffix=".keras")
+    write_atomically(path, write)
 
 
 def sha256(path: str) -> str:
@@ -91,28 +86,3 @@ def check_keras_archive(path: str, what: str = "model") -> None:
     if "config.json" not in names:
         raise UserError(f"{what} file {path!r} is a zip archive but not a Keras .keras "
                         "archive (no config.json in it)")
-
-
-def load_model(path: str, *, what: str = "model", expected_sha256: str | None = None):
-    """Load a ``.keras`` file in Keras' safe mode (no arbitrary code from lambdas).
-
-    Raises `UserError` for a missing file, a checksum mismatch, a file that is not a
-    ``.keras`` archive (`check_keras_archive`), or one that is not a Keras model.
-    """
-    if not os.path.isfile(path):
-        raise UserError(f"{what} file {path!r} does not exist")
-    if expected_sha256 is not None:
-        actual = sha256(path)
-        if actual.lower() != expected_sha256.lower():
-            raise UserError(f"{what} file {path!r} has SHA-256 {actual}, expected "
-                            f"{expected_sha256}; refusing to load it")
-    check_keras_archive(path, what)
-    import keras
-
-    import rslad_tf.methods  # noqa: F401 - registers the method classes for loading
-
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not a model file"
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise UserError(f"{what} file {path!r} is not a loadable Keras model ({reason})") from None

@@ -176,7 +176,7 @@ _shards_default = 1
 
 def set_shards(shards: int) -> None:
     """Process-wide default of ``pgd_graph(..., shards=None)`` (see `pgd_graph`); set by
-    `rslad_tf.runtime.configure` together with the thread pools that run the shards."""
+    `rslad_tf.common.runtime.configure` together with the thread pools that run the shards."""
     global _shards_default
     _shards_default = _valid_shards(shards)
 

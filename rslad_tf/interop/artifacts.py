@@ -1,7 +1,7 @@
 """Exported models (what a user deploys): find an artifact's format, load it behind one
 interface, time it.
 
-Formats (`rslad_tf.export` writes them):
+Formats (`rslad_tf.interop.export` writes them):
 
 - ``saved_model``: a TensorFlow SavedModel directory (Keras ``model.export``), run by
   TensorFlow through its ``serving_default`` signature;
@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 FORMATS = ("saved_model", "litert", "litert-int8", "onnx")
 # File suffix of each single-file format (a SavedModel is a directory).

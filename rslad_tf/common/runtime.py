@@ -30,7 +30,7 @@ def add_attack_shards_argument(parser, what: str, default: str = "auto") -> None
 
 def attack_shards_from(args) -> int | str:
     """The parsed ``--attack-shards`` of `add_attack_shards_argument` (UserError if bad)."""
-    from rslad_tf.errors import UserError
+    from rslad_tf.common.errors import UserError
 
     try:
         return parse_attack_shards(args.attack_shards)
@@ -52,14 +52,14 @@ def thread_pools(attack_shards: int, threads: int | None = None) -> tuple[int, i
 
 
 def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
-    """Import TensorFlow without its start-up lines (`rslad_tf.quiet`) and size its thread
+    """Import TensorFlow without its start-up lines (`rslad_tf.common.quiet`) and size its thread
     pools to the machine; returns the number of attack shards in effect.
 
     Oversubscribed thread pools make CPU runs many times slower on small machines;
     ``RSLAD_TF_THREADS`` (or ``threads``) is the number of cores to use.
 
     ``attack_shards``: PGD cuts each batch into this many pieces that run at the same time
-    (`rslad_tf.attacks.pgd.pgd_graph`); the cores are then split between them: inter-op
+    (`rslad_tf.attacks.engine.pgd_graph`); the cores are then split between them: inter-op
     pool = shards, intra-op pool = cores // shards. "auto" is 2 on a machine without a GPU
     and with at least 2 cores (the small convolutions of a PGD step use two cores poorly
     through intra-op threads: docs/speed.md), else 1. With 1: intra-op = cores, inter-op
@@ -69,10 +69,10 @@ def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
     The shards themselves change no result; the smaller intra-op pool can change the
     rounding of some CPU kernels, as any other thread count can.
     """
-    from rslad_tf.quiet import import_tensorflow
+    from rslad_tf.common.quiet import import_tensorflow
 
     tf = import_tensorflow()
-    from rslad_tf.attacks.pgd import resolve_shards, set_shards
+    from rslad_tf.attacks.engine import resolve_shards, set_shards
 
     gpus = tf.config.list_physical_devices("GPU")
     if attack_shards == "auto":

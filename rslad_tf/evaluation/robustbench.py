@@ -40,8 +40,8 @@ def _percent(stats) -> str | None:
 
 
 def entry(row: dict, format_eps=str) -> dict:
-    """One row of `rslad_tf.report.build_table` as a RobustBench model-info object;
-    ``format_eps`` writes the radius (`rslad_tf.report.format_eps`: ``"8/255"``)."""
+    """One row of `rslad_tf.evaluation.report.build_table` as a RobustBench model-info object;
+    ``format_eps`` writes the radius (`rslad_tf.evaluation.report.format_eps`: ``"8/255"``)."""
     columns = row.get("columns") or {}
     n_examples = row.get("n_examples") or []
     notes = []

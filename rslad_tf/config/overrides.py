@@ -26,8 +26,9 @@ import dataclasses
 import json
 import re
 
-from rslad_tf import presets
-from rslad_tf.presets import PresetError, TrainConfig
+from rslad_tf.config import presets
+from rslad_tf.common import vocabulary
+from rslad_tf.config.presets import PresetError, TrainConfig
 
 DICT_FIELDS = ("model_kwargs", "method_kwargs")
 # Scaled with a new epoch budget: TrainConfig fields, and method_kwargs entries.
@@ -127,7 +128,7 @@ def _model_arguments(model: str) -> list[str]:
     """The keyword arguments the builder of ``model`` takes (besides classes and shape)."""
     import inspect
 
-    from rslad_tf.quiet import import_tensorflow
+    from rslad_tf.common.quiet import import_tensorflow
 
     import_tensorflow()  # rslad_tf.models imports Keras, which imports TensorFlow
     from rslad_tf import models
@@ -141,7 +142,7 @@ def _method_arguments(method: str) -> list[str]:
     """The constructor arguments of ``method``'s class that a config may set."""
     import inspect
 
-    from rslad_tf.quiet import import_tensorflow
+    from rslad_tf.common.quiet import import_tensorflow
 
     import_tensorflow()
     from rslad_tf.methods import METHODS
@@ -204,11 +205,11 @@ def apply(config: TrainConfig, changes: dict) -> TrainConfig:
                               f"{', '.join(field_names())}")
         plain[key] = _coerce(key, kinds[key], value)
     if "method" in plain and plain["method"] != config.method:
-        _check_choice("method", plain["method"], presets.METHOD_NAMES)
+        _check_choice("method", plain["method"], vocabulary.METHOD_NAMES)
         config = config.replace(method=plain["method"],
                                 method_kwargs=presets.method_defaults(plain["method"]))
     if "model" in plain and plain["model"] != config.model:
-        from rslad_tf.quiet import import_tensorflow
+        from rslad_tf.common.quiet import import_tensorflow
 
         import_tensorflow()
         from rslad_tf import models

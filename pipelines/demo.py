@@ -1,6 +1,6 @@
 """`make demo`: the whole Kubeflow pipeline on this machine, on the embedded digits.
 
-    python -m rslad_tf.demo [--out demo_out] [--quick] [--verbose]
+    python -m pipelines.demo [--out demo_out] [--quick] [--verbose]
 
 Runs the pipeline of ``pipelines/rslad_pipeline.py`` with kfp's local runner (no cluster,
 no Docker): a TRADES teacher, a SAT surrogate for the black-box attacks, the six methods
@@ -25,7 +25,7 @@ import os
 import sys
 import time
 
-from rslad_tf.errors import UserError, run_cli
+from rslad_tf.common.errors import UserError, run_cli
 
 DEFAULT_OUT = "demo_out"
 
@@ -58,7 +58,7 @@ def _reference(params: dict) -> str:
 
 def describe_plan(params: dict, threads: int) -> str:
     from pipelines.rslad_pipeline import count_steps
-    from rslad_tf.presets import PAPER_METHODS
+    from rslad_tf.common.vocabulary import PAPER_METHODS
 
     methods = params.get("methods") or list(PAPER_METHODS)
     return (f"{count_steps(dict(params, methods=methods))} steps: teacher "
@@ -84,7 +84,7 @@ def _pipeline():
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m rslad_tf.demo",
+        prog="python -m pipelines.demo",
         description="Run the RSLAD Kubeflow pipeline locally on the embedded digits and print "
                     "the paper-style table (about 10-15 minutes on 2 CPU cores).")
     parser.add_argument("--out", default=DEFAULT_OUT,

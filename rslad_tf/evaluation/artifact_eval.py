@@ -1,8 +1,8 @@
-"""The robustness of an exported artifact (`rslad_tf.artifacts`), as an eval JSON.
+"""The robustness of an exported artifact (`rslad_tf.interop.artifacts`), as an eval JSON.
 
 `python -m rslad_tf.evaluate ARTIFACT --source CKPT [--surrogate S]` calls
 `evaluate_artifact`. The JSON has the keys of a checkpoint's eval JSON
-(`rslad_tf.evaluate.evaluate`), so the report can put the float model and its artifacts
+(`rslad_tf.evaluation.suite.evaluate`), so the report can put the float model and its artifacts
 side by side, plus ``artifact_format``, ``artifact_path``, ``size_bytes``, ``latency`` and
 ``source_checkpoint``. What each accuracy means for an artifact:
 
@@ -19,7 +19,7 @@ side by side, plus ``artifact_format``, ``artifact_path``, ``size_bytes``, ``lat
   `rslad_tf.attacks.autoattack.square`) run on the artifact itself: it only needs its
   outputs, so it attacks exactly what ships.
 
-The gradient-masking checks of `rslad_tf.sanity` need the artifact's gradients and are
+The gradient-masking checks of `rslad_tf.evaluation.sanity` need the artifact's gradients and are
 skipped (the ``sanity`` object says so); run them on the float checkpoint.
 """
 
@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from rslad_tf.errors import UserError
+from rslad_tf.common.errors import UserError
 
 SANITY_SKIPPED = ("an exported artifact has no input gradients here; the gradient-masking "
                   "checks belong to the float checkpoint's eval")
@@ -39,7 +39,7 @@ SANITY_SKIPPED = ("an exported artifact has no input gradients here; the gradien
 def default_attacks(surrogate) -> list[str]:
     """The checkpoint's default suite (white-box, transfer with a surrogate) plus Square on
     the artifact itself."""
-    from rslad_tf.evaluate import validate_attacks
+    from rslad_tf.evaluation.suite import validate_attacks
 
     return validate_attacks(None, surrogate) + ["square"]
 
@@ -59,17 +59,18 @@ def evaluate_artifact(path: str, *, source, surrogate=None, dataset: str = "digi
         source: the float checkpoint the artifact was exported from (a Keras model or a
             ``.keras`` path): the white-box attacks are crafted on it.
         surrogate: a Keras model or ``.keras`` path for the transfer attacks.
-        attacks: names from `rslad_tf.evaluate.ATTACKS`; None = `default_attacks`.
+        attacks: names from `rslad_tf.evaluation.suite.ATTACKS`; None = `default_attacks`.
         autoattack_options: overrides of AutoAttack's and Square's hyper-parameters (smoke
             tests; recorded, and the run is then marked non-standard).
         threads: CPU threads of the LiteRT / ONNX runtime (a SavedModel runs in
             TensorFlow's pool); the latency record says how many were used.
         latency_repeats: timed calls at batch 1 (the median is reported).
-        Others as in `rslad_tf.evaluate.evaluate`.
+        Others as in `rslad_tf.evaluation.suite.evaluate`.
     """
-    from rslad_tf import artifacts, fileio
+    from rslad_tf.interop import artifacts
+    from rslad_tf.methods import saving
     from rslad_tf import attacks as attack_lib
-    from rslad_tf import evaluate as ev
+    from rslad_tf.evaluation import suite as ev
     from rslad_tf.data import load_numpy, spec
 
     say = log or (lambda *_: None)
@@ -88,14 +89,14 @@ def evaluate_artifact(path: str, *, source, surrogate=None, dataset: str = "digi
     source_path = None
     if isinstance(source, (str, os.PathLike)):
         source_path = os.fspath(source)
-        source = fileio.load_model(source_path, what="source checkpoint")
+        source = saving.load_model(source_path, what="source checkpoint")
     source = ev.ensure_float32(source)
     ev._check_model_fits(source, data_spec, f"source checkpoint {source_path or source.name!r}")
     surrogate_path = None
     if surrogate is not None and any(a in ev.TRANSFER for a in chosen):
         if isinstance(surrogate, (str, os.PathLike)):
             surrogate_path = os.fspath(surrogate)
-            surrogate = fileio.load_model(surrogate_path, what="surrogate")
+            surrogate = saving.load_model(surrogate_path, what="surrogate")
         surrogate = ev.ensure_float32(surrogate)
         ev._check_model_fits(surrogate, data_spec,
                              f"surrogate {surrogate_path or surrogate.name!r}")
@@ -180,7 +181,7 @@ def _autoattack_or_square(name, target, source, x, y, *, eps, seed, batch_size,
     """AutoAttack's images crafted on the float ``source`` ("autoattack"), or Square run
     on the artifact ``target`` ("square"), both native; the artifact classifies the
     returned images. Returns (accuracy %, the eval JSON's record)."""
-    from rslad_tf import evaluate as ev
+    from rslad_tf.evaluation import suite as ev
     from rslad_tf.attacks import autoattack as native
 
     version, attack_names, options = ev._run_settings(name, "standard", None, options)

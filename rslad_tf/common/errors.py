@@ -17,7 +17,10 @@ import traceback
 
 
 class UserError(Exception):
-    """A problem with the user's input; the message names it and says how to fix it."""
+    """A problem with the user's input; the message names it and says how to fix it.
+
+    The registries' validation errors (`DataError`, `PresetError`) subclass it, so
+    `run_cli` reports them in one line without this module knowing them."""
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -26,14 +29,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message} (see --help)")
-
-
-def _user_error_types():
-    # Validation errors of the registries are user errors too.
-    from rslad_tf.data import DataError
-    from rslad_tf.presets import PresetError
-
-    return (UserError, DataError, PresetError)
 
 
 def run_cli(main, argv=None) -> int:
@@ -50,7 +45,7 @@ def run_cli(main, argv=None) -> int:
         return 141  # 128 + SIGPIPE, what a shell reports for a closed pipe
     except SystemExit as exc:  # argparse's own usage errors exit 2 already
         return int(exc.code or 0) if isinstance(exc.code, int) else 2
-    except _user_error_types() as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -9,7 +9,7 @@ with file descriptor 2 sent to a temporary file, then writes back every captured
 that is not one of the known start-up messages of `STARTUP_NOISE`: a genuine warning or
 error printed at that time still shows.
 
-Every entry point imports TensorFlow through here (`rslad_tf.runtime.configure` calls it
+Every entry point imports TensorFlow through here (`rslad_tf.common.runtime.configure` calls it
 first); after the first call TensorFlow is initialised and the later calls return at once.
 """
 

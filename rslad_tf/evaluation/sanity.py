@@ -46,7 +46,7 @@ def pgd_steps_accuracy(model, images, labels, *, eps, batch_size=256, seed=0,
                        steps=STEP_CHECK) -> dict:
     """PGD (CE, uniform start, step eps/4) accuracy in percent for each step count."""
     from rslad_tf.attacks import AttackSettings
-    from rslad_tf.evaluate import accuracy_under_attack
+    from rslad_tf.evaluation.core import accuracy_under_attack
 
     return {int(k): accuracy_under_attack(
         model, images, labels, eps=eps, batch_size=batch_size, seed=seed,

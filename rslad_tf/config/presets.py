@@ -11,18 +11,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-METHOD_NAMES = ("natural", "sat", "trades", "ard", "iad", "rslad", "adaad", "adaiad")
-# What the pipeline (and so the demo) trains when no method list is given: the six
-# methods of the RSLAD paper's tables. The later methods are one --methods away; each
-# added student costs the digits demo about a minute and a half of CPU.
-PAPER_METHODS = ("natural", "sat", "trades", "ard", "iad", "rslad")
-DISTILLATION_METHODS = ("ard", "iad", "rslad", "adaad", "adaiad")
+from rslad_tf.common.errors import UserError
+from rslad_tf.common.vocabulary import DISTILLATION_METHODS, METHOD_NAMES
+
 JIT_COMPILE_CHOICES = ("auto", True, False)
 MIXED_PRECISION_CHOICES = ("off", "bfloat16", "float16")
 DEVICE_DATA_CHOICES = ("auto", "on", "off")
 
 
-class PresetError(ValueError):
+class PresetError(UserError, ValueError):
     """Unknown preset name or an invalid override."""
 
 
@@ -152,7 +149,7 @@ _METHOD_DEFAULTS = {
 # IGDM (Lee et al. 2023) is a field of RSLAD and AdaAD: alpha per dataset. CIFAR-10: 1
 # (the authors' public code, default and example script); CIFAR-100: 10 (the value this
 # project's notes give for the authors' code; not confirmed from the paper's text). E, the
-# ramp length, is filled in with the run's epochs by `rslad_tf.train.build_method`.
+# ramp length, is filled in with the run's epochs by `rslad_tf.training.loop.build_method`.
 IGDM_ALPHA = {"cifar10": 1.0, "cifar100": 10.0, "digits": 1.0}
 IGDM_BASES = ("rslad", "adaad")
 

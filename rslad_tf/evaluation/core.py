@@ -1,0 +1,66 @@
+"""Accuracy under attack: the small core of evaluation that training shares (its
+PGD-20 checkpoint selection) and that the suite and the sanity checks build on."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def predict_labels(model, images, batch_size: int = 256) -> np.ndarray:
+    """Arg-max predictions of ``model`` in inference mode, batch by batch. [N] int."""
+    import tensorflow as tf
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        logits = model(tf.convert_to_tensor(images[start:start + batch_size]), training=False)
+        out.append(np.argmax(np.asarray(logits, dtype=np.float32), axis=-1))
+    return np.concatenate(out) if out else np.zeros([0], np.int64)
+
+
+def correct_under_attack(model, images, labels, *, attack=None, eps: float = 0.0,
+                         batch_size: int = 256, seed: int = 0, source_model=None) -> np.ndarray:
+    """Per point: does ``model`` classify the attacked image correctly? [N] bool.
+
+    ``attack``: an `rslad_tf.attacks.AttackSettings` or None (clean). ``source_model``: craft
+    the attack on this model instead (transfer attack); ``model`` still classifies. One
+    generator seeded with ``seed`` serves all batches, so a given seed and batch size give
+    the same random starts whatever else is evaluated.
+    """
+    import keras
+
+    labels = np.asarray(labels)
+    if len(images) == 0:
+        raise ValueError("no examples to evaluate")
+    source = model if source_model is None else source_model
+    generator = keras.random.SeedGenerator(seed) if attack is not None else None
+    flags = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        y = labels[start:start + batch_size]
+        if attack is not None:
+            size = len(x)
+            if len(images) > batch_size and size < batch_size:
+                # Pad the last batch to the full size so the compiled attack is not traced
+                # again for one more shape. Each example's attack is independent of the
+                # others (loss summed over the batch, inference mode): padding changes
+                # nothing but the random-start draw of that batch.
+                pad = batch_size - size
+                x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+                y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
+            x = attack.run(source, x, y, eps=eps, seed=generator).numpy()[:size]
+            y = y[:size]
+        flags.append(predict_labels(model, x, batch_size) == y)
+    return np.concatenate(flags)
+
+
+def accuracy_under_attack(model, images, labels, *, attack=None, eps: float = 0.0,
+                          batch_size: int = 256, seed: int = 0) -> float:
+    """Accuracy in percent of ``model`` on ``images`` attacked by ``attack``.
+
+    ``attack``: an `rslad_tf.attacks.AttackSettings` (e.g. ``PROTOCOL["pgd_trades"]``) or
+    None for clean accuracy. One seeded generator serves all batches, so the result is
+    reproducible for a given seed and batch size.
+    """
+    flags = correct_under_attack(model, images, labels, attack=attack, eps=eps,
+                                 batch_size=batch_size, seed=seed)
+    return 100.0 * float(np.mean(flags))
