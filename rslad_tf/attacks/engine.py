@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from rslad_tf import losses
+from rslad_tf.common.runtime import resolve_shards, set_shards  # noqa: F401 - re-exported
 
 OBJECTIVES = ("ce", "kl", "kl_model", "cw")
 STARTS = ("none", "uniform", "normal")
@@ -146,7 +147,7 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
     else:
         pieces, zeros = [], tf.constant(0.0)
         for lo, hi in _shard_bounds(tf.shape(x)[0], shards):
-            def part(t):
+            def part(t, lo=lo, hi=hi):
                 return None if t is None else t[lo:hi]
 
             args = (part(x_adv), part(lower), part(upper), part(labels), part(target_probs))
@@ -169,26 +170,6 @@ def _shard_bounds(batch, shards: int):
     size = (batch + shards - 1) // shards
     return [(tf.minimum(k * size, batch), tf.minimum((k + 1) * size, batch))
             for k in range(shards)]
-
-
-_shards_default = 1
-
-
-def set_shards(shards: int) -> None:
-    """Process-wide default of ``pgd_graph(..., shards=None)`` (see `pgd_graph`); set by
-    `rslad_tf.common.runtime.configure` together with the thread pools that run the shards."""
-    global _shards_default
-    _shards_default = _valid_shards(shards)
-
-
-def resolve_shards(shards=None) -> int:
-    return _shards_default if shards is None else _valid_shards(shards)
-
-
-def _valid_shards(shards) -> int:
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise ValueError(f"attack shards must be a positive integer, got {shards!r}")
-    return shards
 
 
 _compiled = tf.function(pgd_graph, reduce_retracing=True)

@@ -72,8 +72,6 @@ def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
     from rslad_tf.common.quiet import import_tensorflow
 
     tf = import_tensorflow()
-    from rslad_tf.attacks.engine import resolve_shards, set_shards
-
     gpus = tf.config.list_physical_devices("GPU")
     if attack_shards == "auto":
         attack_shards = 2 if not gpus and cores(threads) >= 2 else 1
@@ -96,3 +94,25 @@ def configure(threads: int | None = None, attack_shards: int | str = 1) -> int:
             attack_shards = 1
     set_shards(attack_shards)
     return attack_shards
+
+
+# The process-wide number of attack shards, read by the PGD engine
+# (`rslad_tf.attacks.engine.pgd_graph`) when a call does not pass one.
+_shards_default = 1
+
+
+def set_shards(shards: int) -> None:
+    """Process-wide default of ``pgd_graph(..., shards=None)`` (see `pgd_graph`); set by
+    `configure` together with the thread pools that run the shards."""
+    global _shards_default
+    _shards_default = _valid_shards(shards)
+
+
+def resolve_shards(shards=None) -> int:
+    return _shards_default if shards is None else _valid_shards(shards)
+
+
+def _valid_shards(shards) -> int:
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"attack shards must be a positive integer, got {shards!r}")
+    return shards

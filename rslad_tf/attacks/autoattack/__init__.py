@@ -121,7 +121,7 @@ def run(model, x, y, *, eps: float, seed: int = 0, batch_size: int = 250,
     model = ensure_float32(model)
     jit = _util.use_xla(jit_compile)
     if workers is None:
-        from rslad_tf.attacks.engine import resolve_shards
+        from rslad_tf.common.runtime import resolve_shards
 
         workers = 1 if jit else resolve_shards()
 
