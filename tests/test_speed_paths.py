@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rslad_tf import attacks, bench, models
+from rslad_tf import attacks, models
+from rslad_tf.bench.flops import model_flops, step_flops
+from rslad_tf.bench.profiles import Profile
+from rslad_tf.bench.run import run as run_bench
 from rslad_tf.training import loop as train
 from rslad_tf.transforms.bn_folding import folded_view
 from rslad_tf.data import augment, make_dataset
@@ -511,17 +514,17 @@ def test_model_flops_formula():
     h = keras.layers.GlobalAveragePooling2D()(h)
     outputs = keras.layers.Dense(3)(h)  # 2*4*3
     model = keras.Model(inputs, outputs)
-    assert bench.model_flops(model) == 2 * 8 * 8 * 9 * 2 * 4 + 2 * 4 * 4 * 9 * 4 + 2 * 4 * 3
-    assert bench.step_flops(10, 100, 10) == 10 * 20 + 60 + 100
+    assert model_flops(model) == 2 * 8 * 8 * 9 * 2 * 4 + 2 * 4 * 4 * 9 * 4 + 2 * 4 * 3
+    assert step_flops(10, 100, 10) == 10 * 20 + 60 + 100
 
 
 def test_bench_runs_and_writes_json(tmp_path):
-    profile = bench.Profile("tiny", (8, 8, 1), 10, ("small_cnn", {"width": 4}),
-                            ("small_cnn", {"width": 8}), batch_size=32, num_examples=96,
-                            epsilon=EPS, attack_steps=2, augment_padding=1, augment_flip=True,
-                            eval_batch_size=32, eval_steps=2)
+    profile = Profile("tiny", (8, 8, 1), 10, ("small_cnn", {"width": 4}),
+                      ("small_cnn", {"width": 8}), batch_size=32, num_examples=96,
+                      epsilon=EPS, attack_steps=2, augment_padding=1, augment_flip=True,
+                      eval_batch_size=32, eval_steps=2)
     lines = []
-    result = bench.run("cpu", profile=profile, steps=1, repeats=1, ablations=False,
+    result = run_bench("cpu", profile=profile, steps=1, repeats=1, ablations=False,
                        log=lines.append)
     steps = result["train_step"]
     assert set(steps) == {"reference", "optimised"}
@@ -536,3 +539,14 @@ def test_bench_runs_and_writes_json(tmp_path):
 
     fileio.write_json(path, result)
     assert json.load(open(path))["device"] == "cpu"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "error: --steps must be positive"),
+    (["--cache-buckets", "-1"], "error: --cache-buckets must be positive"),
+])
+def test_bench_cli_refuses_bad_counts_in_one_line(argv, message, capsys):
+    from rslad_tf.bench.cli import main as bench_main
+
+    assert run_cli(bench_main, argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
