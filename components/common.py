@@ -25,10 +25,12 @@ repository's root there (`pipelines.rslad_pipeline.run_local`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 
+from rslad_tf.common import vocabulary
 from rslad_tf.common.errors import UserError
 
 # The one image every component runs in; override with RSLAD_TF_IMAGE or `--image`.
@@ -42,8 +44,9 @@ MODEL_INFO = "model.json"
 SKIPPED_FILE = "skipped.json"
 RUN_SUBDIR = "run"
 
-WHITEBOX_ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
-BLACKBOX_ATTACKS = ("transfer_pgd", "transfer_cw", "square")
+# The attacks of the two evaluation steps (`rslad_tf.common.vocabulary`'s columns).
+WHITEBOX_ATTACKS = vocabulary.WHITE_BOX_SUITE
+BLACKBOX_ATTACKS = vocabulary.BLACK_BOX_COLUMNS
 
 
 def image() -> str:
@@ -238,16 +241,14 @@ def write_model_artifact(out_dir: str, keras_file: str, info: dict, *,
 
 def check_model_fits(model, manifest: dict, path: str, what: str = "model") -> None:
     """The model takes the dataset's images and predicts its classes."""
-    try:
-        out_classes = model.output_shape[-1]
-        in_shape = tuple(model.input_shape[1:])
-    except (AttributeError, ValueError, TypeError):
-        raise UserError(f"{what} {path!r} is not a classifier model") from None
-    if out_classes != manifest["num_classes"] or in_shape != tuple(manifest["image_shape"]):
-        raise UserError(
-            f"{what} {path!r} takes {in_shape} and predicts {out_classes} classes, but "
-            f"{manifest['dataset']} has images {tuple(manifest['image_shape'])} and "
-            f"{manifest['num_classes']} classes")
+    from rslad_tf import data
+
+    # The shapes the manifest recorded when the data were prepared.
+    prepared = dataclasses.replace(data.spec(manifest["dataset"]),
+                                   image_shape=tuple(manifest["image_shape"]),
+                                   num_classes=manifest["num_classes"])
+    data.check_model_fits(model, prepared, f"{what} {path!r}",
+                          f"pass a {what} trained on {manifest['dataset']}")
 
 
 def metadata_for_kfp(info: dict) -> dict:

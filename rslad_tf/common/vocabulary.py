@@ -3,6 +3,8 @@ below. Everything that lists, validates or orders them reads these tuples."""
 
 from __future__ import annotations
 
+import dataclasses
+
 # Every registered training method, in the order tables list them: the RSLAD paper's six
 # (its Tables 1-3), then the later distillation methods.
 METHOD_NAMES = ("natural", "sat", "trades", "ard", "iad", "rslad", "adaad", "adaiad")
@@ -12,3 +14,55 @@ METHOD_NAMES = ("natural", "sat", "trades", "ard", "iad", "rslad", "adaad", "ada
 PAPER_METHODS = METHOD_NAMES[:6]
 # The methods that learn from a teacher (and so need one).
 DISTILLATION_METHODS = ("ard", "iad", "rslad", "adaad", "adaiad")
+
+
+# --------------------------------------------------------------------------------------
+# Evaluation columns
+# --------------------------------------------------------------------------------------
+# The kinds of column: the unattacked images, a white-box attack (crafted with the
+# model's gradients), a transfer attack (a white-box attack crafted on a surrogate model)
+# and a query attack (only the model's outputs). Transfer and query are the black box.
+CLEAN, WHITE_BOX, TRANSFER, QUERY = "clean", "white-box", "transfer", "query"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalColumn:
+    """One column of the paper's evaluation table."""
+
+    key: str  # the attack's name: ``--attacks``, the eval JSON's ``attacks`` and ``seconds``
+    label: str  # the table's (and the paper's) header
+    kind: str  # CLEAN, WHITE_BOX, TRANSFER or QUERY
+    transfers: str | None = None  # TRANSFER columns: the white-box column crafted on a surrogate
+
+    @property
+    def json_key(self) -> str:
+        """The eval JSON's key of this column's accuracy (percent)."""
+        return f"{self.key}_acc"
+
+    @property
+    def black_box(self) -> bool:
+        return self.kind in (TRANSFER, QUERY)
+
+
+# In table order: the paper's Table 1 columns, then its black-box columns (Table 4).
+EVAL_COLUMNS = (
+    EvalColumn("clean", "Clean", CLEAN),
+    EvalColumn("fgsm", "FGSM", WHITE_BOX),
+    EvalColumn("pgd_sat", "PGD_SAT", WHITE_BOX),
+    EvalColumn("pgd_trades", "PGD_TRADES", WHITE_BOX),
+    EvalColumn("cw_inf", "CW_inf", WHITE_BOX),
+    EvalColumn("autoattack", "AA", WHITE_BOX),
+    EvalColumn("transfer_pgd", "PGD-20 transfer", TRANSFER, transfers="pgd_sat"),
+    EvalColumn("transfer_cw", "CW_inf transfer", TRANSFER, transfers="cw_inf"),
+    EvalColumn("square", "Square", QUERY),
+)
+COLUMNS_BY_KEY = {c.key: c for c in EVAL_COLUMNS}
+# Every column's key, in table order (what ``--attacks`` accepts).
+COLUMN_KEYS = tuple(COLUMNS_BY_KEY)
+# The white-box suite: clean and the white-box attacks (the default evaluation, the
+# pipeline's white-box step, the report's always-shown columns).
+WHITE_BOX_SUITE = tuple(c.key for c in EVAL_COLUMNS if not c.black_box)
+# The white-box attacks alone, and the black-box columns (the pipeline's black-box step).
+WHITE_BOX_ATTACKS = tuple(c.key for c in EVAL_COLUMNS if c.kind == WHITE_BOX)
+BLACK_BOX_COLUMNS = tuple(c.key for c in EVAL_COLUMNS if c.black_box)
+TRANSFER_COLUMNS = tuple(c.key for c in EVAL_COLUMNS if c.kind == TRANSFER)

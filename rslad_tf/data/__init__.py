@@ -59,6 +59,28 @@ def spec(name: str) -> DatasetSpec:
     return _REGISTRY[name]
 
 
+def check_model_fits(model, data_spec: DatasetSpec, what: str, fix: str, *,
+                     require_shapes: bool = True) -> None:
+    """`UserError` unless ``model`` takes ``data_spec``'s images and predicts its classes.
+
+    ``what`` names the model in the message (``"teacher 't.keras'"``), ``fix`` says what
+    to do instead. A model without static shapes (a subclassed one) is refused when
+    ``require_shapes``, else let through for its first call to tell.
+    """
+    try:
+        in_shape = tuple(model.input_shape[1:])
+        classes = model.output_shape[-1]
+    except (AttributeError, ValueError, TypeError):
+        if require_shapes:
+            raise UserError(f"{what} is not a classifier model") from None
+        return
+    image_shape = tuple(data_spec.image_shape)
+    if in_shape != image_shape or classes != data_spec.num_classes:
+        raise UserError(f"{what} takes {in_shape} and predicts {classes} classes, but "
+                        f"{data_spec.name} has images {image_shape} and "
+                        f"{data_spec.num_classes} classes; {fix}")
+
+
 def load_numpy(name: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return `(images, labels)` of a split as numpy arrays.
 

@@ -151,24 +151,14 @@ def find_teacher(config: presets.TrainConfig, runs_dir: str = DEFAULT_RUNS_DIR) 
     raise UserError(f"preset {config.preset!r} ({config.method}) needs a teacher: {how}")
 
 
-def load_teacher(path: str, num_classes: int, image_shape) -> "object":
+def load_teacher(path: str, data_spec) -> "object":
     """Load and check a teacher: a Keras model with the dataset's input shape and classes."""
+    from rslad_tf.data import check_model_fits
     from rslad_tf.methods import saving
 
     teacher = saving.load_model(path, what="teacher")
-    if not hasattr(teacher, "output_shape") or not hasattr(teacher, "input_shape"):
-        raise UserError(f"teacher file {path!r} does not hold a classifier model")
-    try:
-        out_classes = teacher.output_shape[-1]
-        in_shape = tuple(teacher.input_shape[1:])
-    except (AttributeError, ValueError):
-        raise UserError(f"teacher file {path!r} does not hold a classifier model") from None
-    if out_classes != num_classes:
-        raise UserError(f"teacher {path!r} predicts {out_classes} classes but the dataset has "
-                        f"{num_classes}; use a teacher trained on this dataset")
-    if in_shape != tuple(image_shape):
-        raise UserError(f"teacher {path!r} takes inputs of shape {in_shape} but the dataset's "
-                        f"images are {tuple(image_shape)}")
+    check_model_fits(teacher, data_spec, f"teacher {path!r}",
+                     "use a teacher trained on this dataset")
     return teacher
 
 
@@ -456,7 +446,7 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     strategy = strategy or default_strategy()
     with strategy.scope():
         if teacher_path is not None:
-            teacher = load_teacher(teacher_path, data_spec.num_classes, data_spec.image_shape)
+            teacher = load_teacher(teacher_path, data_spec)
             config = config.replace(teacher_path=os.path.abspath(teacher_path))
         keras.utils.set_random_seed(config.seed)
         student = create_student(config)
