@@ -29,19 +29,15 @@ def prepare_data_fn(out_dir: str, *, dataset: str = "digits", data_dir: str = ""
     data_dir = data_dir or None
     if data_dir and "://" not in data_dir:
         data_dir = os.path.abspath(data_dir)
-    if download and dataset.startswith("cifar"):
-        from rslad_tf.data import cifar
-
-        log(f"preparing {dataset} through TFDS in {data_dir or '~/tensorflow_datasets'}")
-        for split in ("train", "test"):
-            cifar.load(dataset, split, data_dir, download=True)
     ensure_empty_dir(out_dir, "dataset artifact")
+    if download and dataset.startswith("cifar"):
+        log(f"preparing {dataset} through TFDS in {data_dir or '~/tensorflow_datasets'}")
     manifest = {"format": DATASET_FORMAT, "dataset": dataset, "data_dir": data_dir,
                 "num_classes": data_spec.num_classes,
                 "image_shape": list(data_spec.image_shape),
                 "epsilon": data_spec.epsilon}
     for split in ("train", "test"):
-        x, y = load_numpy(dataset, split, data_dir)
+        x, y = load_numpy(dataset, split, data_dir, download=download)
         if x.shape[1:] != tuple(data_spec.image_shape):
             from rslad_tf.data import DataError
 

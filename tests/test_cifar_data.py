@@ -3,6 +3,7 @@ TFDS (mocked), and fast, download-free failures."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import pickle
@@ -164,4 +165,44 @@ def test_specs():
         s = spec(name)
         assert (s.num_classes, s.image_shape) == (classes, (32, 32, 3))
         assert s.augment_padding == 4 and s.augment_flip
-    assert cifar.DOWNLOAD is False
+    # Nothing downloads unless a caller asks: the loaders' default is no download.
+    assert inspect.signature(load_numpy).parameters["download"].default is False
+    assert inspect.signature(cifar.load).parameters["download"].default is False
+
+
+def test_download_is_passed_to_tfds_only_when_asked(tmp_path, monkeypatch):
+    """`load_numpy(..., download=True)` reaches tfds.load (here refused, as without network)
+    and a failed download names itself; the default call asks TFDS for no download."""
+    import tensorflow_datasets as tfds
+
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(kwargs.get("download"))
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tfds, "load", refuse)
+    with pytest.raises(DataError, match="TFDS download/preparation failed"):
+        load_numpy("cifar100", "train", data_dir=str(tmp_path), download=True)
+    with pytest.raises(DataError, match="not found in"):
+        load_numpy("cifar100", "train", data_dir=str(tmp_path))
+    assert calls == [True, False]
+
+
+def test_train_download_flag_reaches_the_loader(tmp_path, monkeypatch):
+    """`python -m rslad_tf.train --download` asks the loader for a download (and only
+    then); a loader's DataError still ends the command with one line and exit status 2."""
+    from rslad_tf import data, train
+    from rslad_tf.common.errors import run_cli
+
+    asked = []
+
+    def loader_spy(name, split, data_dir=None, *, download=False):
+        asked.append(download)
+        raise DataError(f"{name} {split}: stopped by the test")
+
+    monkeypatch.setattr(data, "load_numpy", loader_spy)
+    for flags, expected in (([], [False]), (["--download"], [False, True])):
+        argv = ["--preset", "digits-natural", "--out", str(tmp_path / f"o{len(flags)}")]
+        assert run_cli(train.main, argv + flags) == 2
+        assert asked == expected

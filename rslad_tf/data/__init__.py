@@ -29,8 +29,9 @@ class DatasetSpec:
     name: str
     num_classes: int
     image_shape: tuple  # (H, W, C)
-    # loader(split, data_dir) -> (images float32 [N,H,W,C] in [0,1], labels int32 [N])
-    loader: Callable[[str, str | None], tuple[np.ndarray, np.ndarray]]
+    # loader(split, data_dir, download) -> (images float32 [N,H,W,C] in [0,1], labels int32
+    # [N]); `download`: whether it may fetch missing files (datasets without files ignore it)
+    loader: Callable[[str, str | None, bool], tuple[np.ndarray, np.ndarray]]
     # The L-inf radius of the threat model on this dataset (8/255 for CIFAR, docs/paper.md).
     epsilon: float = 8 / 255
     # Paper augmentation (pad-crop + flip) applies to natural images, not to 8x8 digits.
@@ -81,15 +82,18 @@ def check_model_fits(model, data_spec: DatasetSpec, what: str, fix: str, *,
                         f"{data_spec.num_classes} classes; {fix}")
 
 
-def load_numpy(name: str, split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_numpy(name: str, split: str, data_dir: str | None = None, *,
+               download: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Return `(images, labels)` of a split as numpy arrays.
 
     images: float32 [N, H, W, C] in [0,1]; labels: int32 [N]. `split` is "train" or "test".
     `data_dir` points at local data for datasets that need files (see each dataset).
+    `download`: fetch missing files (CIFAR through TFDS, needs internet); off by default,
+    because without network a download attempt retries for minutes before it fails.
     """
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
-    images, labels = spec(name).loader(split, data_dir)
+    images, labels = spec(name).loader(split, data_dir, bool(download))
     return np.ascontiguousarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int32)
 
 

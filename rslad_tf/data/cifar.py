@@ -9,8 +9,8 @@ Two sources, tried in this order:
    tampered file cannot run code. CIFAR-100 labels are the `fine_labels` (100 classes).
 2. TensorFlow Datasets (`tfds.load(name, data_dir=data_dir)`), with `download=False`
    unless asked: without network TFDS retries for minutes, so a default path never
-   downloads. Ask for a download with `load(..., download=True)` or by setting the module
-   flag `DOWNLOAD = True` (what a `--download` command-line flag should do).
+   downloads. Ask for a download with `load_numpy(..., download=True)` (what a
+   `--download` command-line flag passes).
 
 Missing data gives a one-line `DataError` that says how to get it.
 """
@@ -26,9 +26,6 @@ import tarfile
 import numpy as np
 
 from rslad_tf.data import DataError, DatasetSpec, register
-
-# Whether the registry loaders (`load_numpy("cifar10", ...)`) may download through TFDS.
-DOWNLOAD = False
 
 _LAYOUT = {
     # name: (archive, folder inside/extracted, train members, test members, label key)
@@ -185,18 +182,16 @@ def _load_tfds(name: str, split: str, data_dir: str | None, download: bool):
     return np.concatenate(images), np.concatenate(labels)
 
 
-def load(name: str, split: str, data_dir: str | None = None, download: bool | None = None):
+def load(name: str, split: str, data_dir: str | None = None, download: bool = False):
     """`(images float32 [N,32,32,3] in [0,1], labels int32 [N])` of CIFAR-10 / CIFAR-100.
 
-    Reads the python archives in `data_dir` when present, else TFDS. `download=None`
-    means the module flag `DOWNLOAD` (False unless a caller set it).
+    Reads the python archives in `data_dir` when present, else TFDS, which downloads the
+    dataset only when `download` is true.
     """
     if name not in _LAYOUT:
         raise DataError(f"unknown CIFAR dataset {name!r}")
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
-    if download is None:
-        download = DOWNLOAD
     loaded = None
     if data_dir is not None:
         if not os.path.isdir(data_dir):
@@ -213,7 +208,7 @@ def load(name: str, split: str, data_dir: str | None = None, download: bool | No
 
 
 def _loader(name):
-    return lambda split, data_dir: load(name, split, data_dir)
+    return lambda split, data_dir, download: load(name, split, data_dir, download)
 
 
 CIFAR10 = register(DatasetSpec(name="cifar10", num_classes=10, image_shape=(32, 32, 3),

@@ -31,8 +31,8 @@ def _split():
     return {"train": (x_tr, y_tr), "test": (x_te, y_te)}
 
 
-def _load(split: str, data_dir: str | None):
-    del data_dir  # embedded: nothing to read
+def _load(split: str, data_dir: str | None, download: bool):
+    del data_dir, download  # embedded: nothing to read or fetch
     images, labels = _split()[split]
     return images.copy(), labels.copy()
 
