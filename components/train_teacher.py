@@ -65,10 +65,8 @@ def train_teacher_fn(dataset_dir: str, out_dir: str, *, method: str = "trades",
                                                  parse_model_spec(model)[0]))
     else:
         config = presets.get(teacher_preset_name(manifest["dataset"]))
-    if method != config.method:
-        config = config.replace(method=method, method_kwargs=presets.method_defaults(method))
-    config = apply_overrides(config, manifest, model=model, epochs=epochs, epsilon=epsilon,
-                             attack_steps=attack_steps, max_steps=max_steps,
+    config = apply_overrides(config, manifest, method=method, model=model, epochs=epochs,
+                             epsilon=epsilon, attack_steps=attack_steps, max_steps=max_steps,
                              batch_size=batch_size, seed=seed,
                              eval_n_examples=eval_n_examples)
     if role == "surrogate":

@@ -53,20 +53,22 @@ def student_preset_name(dataset: str, method: str, model: str = "") -> str:
                     f"{', '.join(names)}")
 
 
-def apply_overrides(config, manifest: dict, *, model: str = "", epochs: int = 0,
-                    epsilon: float = 0.0, attack_steps: int = 0, max_steps: int = 0,
-                    batch_size: int = 0, seed: int = 0, eval_n_examples: int = 0):
+def apply_overrides(config, manifest: dict, *, method: str = "", model: str = "",
+                    epochs: int = 0, epsilon: float = 0.0, attack_steps: int = 0,
+                    max_steps: int = 0, batch_size: int = 0, seed: int = 0,
+                    eval_n_examples: int = 0):
     """The preset with the pipeline's overrides (0 / "" keep the preset's value), applied
     by `rslad_tf.config.overrides.apply`: the same rule as ``python -m rslad_tf.train``. A new
-    ``epochs`` scales the LR milestones, the selection interval and IAD's warm-up with it;
-    a new ``epsilon`` keeps the preset's step / eps ratio."""
+    ``method`` starts from its reference settings; a new ``epochs`` scales the LR
+    milestones, the selection interval and IAD's warm-up with it; a new ``epsilon`` keeps
+    the preset's step / eps ratio."""
     from rslad_tf.config import overrides
     from rslad_tf.config.presets import PresetError
 
     if int(seed) < 0:
         raise UserError(f"seed must be non-negative, got {seed}")
     changes = {"dataset": manifest["dataset"], "data_dir": manifest.get("data_dir"),
-               "seed": int(seed), **model_spec_overrides(model),
+               "seed": int(seed), "method": method or None, **model_spec_overrides(model),
                "epochs": int(epochs) or None, "epsilon": float(epsilon) or None,
                "attack_steps": int(attack_steps) or None, "max_steps": int(max_steps) or None,
                "batch_size": int(batch_size) or None,

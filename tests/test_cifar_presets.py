@@ -8,7 +8,7 @@ import pytest
 from rslad_tf import models
 from rslad_tf.config import presets
 from rslad_tf.common import vocabulary
-from rslad_tf.training import loop as train
+from rslad_tf.training import cli as train
 from rslad_tf.common.errors import run_cli
 
 CIFAR_STUDENTS = [f"{d}-{m}-{meth}" for d in ("cifar10", "cifar100")

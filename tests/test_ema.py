@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from rslad_tf.training import loop as train
+from rslad_tf.training import cli as train
 from rslad_tf.data import make_dataset
 from rslad_tf.common.errors import run_cli
 from rslad_tf.methods import SATModel

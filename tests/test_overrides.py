@@ -1,10 +1,13 @@
 """One override rule for the train command line and the pipeline (`rslad_tf.config.overrides`)."""
 
+import dataclasses
+
 import pytest
 
 from rslad_tf.config import overrides
 from rslad_tf.config import presets
-from rslad_tf.training import loop as train
+from rslad_tf.training import cli as train
+from rslad_tf.training.schedule import learning_rate
 from rslad_tf.common.errors import UserError
 from rslad_tf.config.presets import PresetError
 
@@ -27,7 +30,7 @@ def test_epochs_scale_the_schedule_the_same_way_in_cli_and_pipeline():
     # 215, 260, 285 of 300 -> 22 (21.5 rounds to even), 26, 28 of 30: the LR does decay.
     assert cli.lr_milestones == pipe.lr_milestones == (22, 26, 28)
     assert cli.eval_every == pipe.eval_every == 2
-    assert train.learning_rate(cli, 29) == pytest.approx(0.1 * 0.1 ** 3)
+    assert learning_rate(cli, 29) == pytest.approx(0.1 * 0.1 ** 3)
     iad_cli = _cli_config(["--preset", "cifar10-resnet18-iad", "--epochs", "20"])
     iad_pipe = _pipeline_config("cifar10-resnet18-iad", epochs=20)
     assert iad_cli.method_kwargs["warmup_epochs"] == iad_pipe.method_kwargs["warmup_epochs"] == 6
@@ -47,7 +50,7 @@ def test_set_parses_values_and_dotted_keys():
                           "--set", "learning_rate=0.1", "--set", "epsilon=8/255",
                           "--set", "method_kwargs.scale=10", "--set", "deterministic=true"])
     assert config.model_kwargs == {"width": 8}
-    assert config.learning_rate == 0.1 and config.deterministic is True
+    assert config.learning_rate == 0.1 and config.runtime.deterministic is True
     assert config.epsilon == pytest.approx(8 / 255)
     # a new epsilon keeps the preset's step / eps ratio
     assert config.step_size / config.epsilon == pytest.approx(0.25)
@@ -95,3 +98,72 @@ def test_parse_value():
     assert overrides.parse_value("8/255") == pytest.approx(8 / 255)
     assert overrides.parse_value("False") is False
     assert overrides.parse_value("bfloat16") == "bfloat16"
+
+
+# -- the typed configuration: experiment fields, runtime options, strict keys ----------
+# The keys of config.json as every earlier version wrote them (one flat object).
+FLAT_KEYS_OF_EARLIER_VERSIONS = {
+    "preset", "dataset", "model", "method", "model_kwargs", "method_kwargs",
+    "teacher_preset", "teacher_path", "teacher_hint", "epochs", "batch_size",
+    "learning_rate", "momentum", "weight_decay", "lr_milestones", "lr_gamma", "epsilon",
+    "step_size", "attack_steps", "eval_every", "eval_pgd_steps", "eval_n_examples", "seed",
+    "data_dir", "max_steps", "save_every_steps", "deterministic", "jit_compile",
+    "mixed_precision", "device_data", "teacher_cache", "fold_attack_bn", "ema_decay"}
+
+
+def test_config_json_stays_one_flat_object_that_reads_back():
+    config = presets.get("digits-rslad").replace(jit_compile=False, data_dir="/data",
+                                                 learning_rate=0.2)
+    flat = config.to_dict()
+    assert set(flat) == FLAT_KEYS_OF_EARLIER_VERSIONS
+    assert flat["jit_compile"] is False and flat["data_dir"] == "/data"
+    assert flat["learning_rate"] == 0.2 and flat["lr_milestones"] == [22, 27]
+    assert presets.TrainConfig.from_dict(flat) == config
+    # A file of an earlier version may lack fields added since: they take their defaults.
+    older = {k: v for k, v in flat.items() if k not in ("ema_decay", "fold_attack_bn")}
+    assert presets.TrainConfig.from_dict(older) == config
+
+
+def test_unknown_keys_are_refused_in_one_line_naming_the_valid_ones():
+    flat = dict(presets.get("digits-sat").to_dict(), learning_rat=0.1)
+    with pytest.raises(PresetError) as info:
+        presets.TrainConfig.from_dict(flat)
+    message = str(info.value)
+    assert "'learning_rat'" in message and "\n" not in message
+    assert "valid fields: preset, dataset" in message and "jit_compile" in message
+    with pytest.raises(PresetError, match="unknown configuration field 'jit'"):
+        presets.get("digits-sat").replace(jit=True)
+    assert isinstance(info.value, UserError)
+
+
+def test_runtime_options_do_not_change_the_experiment():
+    config = presets.get("digits-rslad")
+    faster = config.replace(jit_compile=True, mixed_precision="bfloat16", device_data="on",
+                            teacher_cache=True, fold_attack_bn=True, data_dir="/elsewhere",
+                            teacher_path="/t.keras", save_every_steps=5, deterministic=True)
+    assert faster.runtime != config.runtime and faster.runtime.teacher_cache is True
+    assert faster.experiment() == config.experiment()
+    assert faster.experiment_id() == config.experiment_id()
+    for change in ({"seed": 1}, {"learning_rate": 0.1}, {"model_kwargs": {"width": 8}},
+                   {"ema_decay": 0.99}, {"max_steps": 3}):
+        assert config.replace(**change).experiment_id() != config.experiment_id(), change
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.runtime.jit_compile = True
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3
+
+
+def test_runtime_options_are_set_by_their_own_names_through_apply():
+    config = overrides.apply(presets.get("digits-sat"),
+                             {"jit_compile": True, "device_data": "off", "epochs": 3})
+    assert config.runtime.jit_compile is True and config.runtime.device_data == "off"
+    assert config.epochs == 3
+    with pytest.raises(PresetError, match="device_data must be one of auto, on, off"):
+        overrides.apply(presets.get("digits-sat"), {"device_data": "sometimes"})
+
+
+def test_pipeline_and_cli_change_a_method_the_same_way():
+    cli = _cli_config(["--preset", "digits-teacher", "--method", "sat"])
+    pipe = _pipeline_config("digits-teacher", method="sat")
+    assert cli.method == pipe.method == "sat"
+    assert cli.method_kwargs == pipe.method_kwargs == presets.method_defaults("sat")

@@ -14,7 +14,8 @@ import pytest
 
 from rslad_tf.common import fileio
 from rslad_tf.methods import saving
-from rslad_tf.training import loop as train
+from rslad_tf.training import callbacks, loop
+from rslad_tf.training import cli as train
 from rslad_tf.common.errors import UserError, run_cli
 
 COMMON = ["--preset", "digits-sat", "--max-steps", "4", "--eval-n-examples", "16",
@@ -42,23 +43,17 @@ def uninterrupted(tmp_path_factory):
 def test_resume_mid_epoch_is_bit_identical(uninterrupted, tmp_path, monkeypatch):
     """A crash after step 3 of epoch 1 (state saved every step), then --resume."""
     out = str(tmp_path / "run")
-    original = train._StepGuard.callback
+    original = callbacks.StepGuard.on_train_batch_end
 
-    def crashing(self, epoch, first_step):
-        cb = original(self, epoch, first_step)
-        inner = cb.on_train_batch_end
+    def crashing(self, batch, logs=None):
+        original(self, batch, logs)
+        if self.epoch == 1 and self.step == 3:
+            raise KeyboardInterrupt  # the process dies here
 
-        def on_batch_end(batch, logs=None):
-            inner(batch, logs)
-            if epoch == 1 and first_step + batch + 1 == 3:
-                raise KeyboardInterrupt  # the process dies here
-        cb.on_train_batch_end = on_batch_end
-        return cb
-
-    monkeypatch.setattr(train._StepGuard, "callback", crashing)
+    monkeypatch.setattr(callbacks.StepGuard, "on_train_batch_end", crashing)
     assert run_cli(train.main, COMMON + ["--epochs", "2", "--out", out,
                                          "--save-every-steps", "1"]) == 130
-    monkeypatch.setattr(train._StepGuard, "callback", original)
+    monkeypatch.setattr(callbacks.StepGuard, "on_train_batch_end", original)
     with np.load(os.path.join(out, "checkpoints", "state.npz")) as state:
         assert (int(state["epoch"]), int(state["step"])) == (1, 3)
     assert run_cli(train.main, COMMON + ["--epochs", "2", "--out", out, "--resume"]) == 0
@@ -158,7 +153,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_checkpoint(tmp_path
     config = presets.get("digits-sat").replace(epochs=2, max_steps=4, eval_n_examples=16,
                                                lr_milestones=(1,), lr_gamma=1e32)
     with pytest.raises(UserError, match=r"non-finite loss at epoch 2, step \d+"):
-        train.train(config, out)
+        loop.train(config, out)
     last = os.path.join(out, "checkpoints", "last.keras")
     model = saving.load_model(last)  # the last good checkpoint, from epoch 1
     assert all(np.isfinite(w.numpy()).all() for w in model.weights)

@@ -15,7 +15,8 @@ from rslad_tf import attacks, models
 from rslad_tf.bench.flops import model_flops, step_flops
 from rslad_tf.bench.profiles import Profile
 from rslad_tf.bench.run import run as run_bench
-from rslad_tf.training import loop as train
+from rslad_tf.training import cli as train
+from rslad_tf.training import fast_paths
 from rslad_tf.transforms.bn_folding import folded_view
 from rslad_tf.data import augment, make_dataset
 from rslad_tf.data.device_data import DeviceData, index_dataset, indexed_dataset
@@ -30,7 +31,7 @@ from rslad_tf.attacks import engine as pgd_module
 
 def _cnn(width, seed=0, policy=None):
     keras.utils.set_random_seed(seed)
-    with train.dtype_policy(policy):
+    with fast_paths.dtype_policy(policy):
         return models.create("small_cnn", 10, input_shape=(8, 8, 1), width=width)
 
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from rslad_tf.common import vocabulary
-from rslad_tf.training import loop as train
+from rslad_tf.training import cli as train
 from rslad_tf.common.errors import run_cli
 
 FAST = ["--epochs", "1", "--max-steps", "2", "--eval-n-examples", "32", "--no-final-eval"]
@@ -151,3 +151,23 @@ def test_list_presets(capsys):
     code, out, _ = _run(["--list-presets"], capsys)
     assert code == 0
     assert "digits-teacher" in out.split() and "digits-rslad" in out.split()
+
+
+def test_unknown_field_is_one_line_naming_it_and_the_valid_ones(capsys, tmp_path):
+    err = _bad(capsys, ["--preset", "digits-sat", "--set", "learning_rat=0.1",
+                        "--out", str(tmp_path / "o")], "unknown field 'learning_rat'", tmp_path)
+    assert len(err.strip().splitlines()) == 1 and "choose one of: preset, dataset" in err
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_resume_refuses_a_config_json_with_an_unknown_field(capsys, tmp_path):
+    from rslad_tf.config import presets
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = dict(presets.get("digits-sat").to_dict(), warp_speed=True)
+    (run / "config.json").write_text(json.dumps(saved))
+    err = _bad(capsys, ["--preset", "digits-sat", "--resume", "--out", str(run)] + FAST,
+               "unknown configuration field 'warp_speed'; valid fields: preset", tmp_path)
+    assert len(err.strip().splitlines()) == 1
+    assert os.listdir(run) == ["config.json"]

@@ -56,7 +56,7 @@ class TrainStepConfig:
         from rslad_tf.data.device_data import DeviceData, indexed_dataset
         from rslad_tf.methods import RSLADModel
         from rslad_tf.methods.soft_label_cache import SoftLabelCache
-        from rslad_tf.training.loop import MIXED_POLICIES, dtype_policy
+        from rslad_tf.training.fast_paths import MIXED_POLICIES, dtype_policy
 
         self.name = name
         # shards: the attack shards of the process this configuration runs in

@@ -12,7 +12,7 @@ PROJECTION_TEST_SIZE = 10000
 def eval_epochs(epochs: int = PROJECTION_EPOCHS) -> int:
     """How many of `epochs` epochs of the CIFAR-10 RSLAD preset run the selection PGD-20."""
     from rslad_tf.config import presets
-    from rslad_tf.training.loop import is_eval_epoch
+    from rslad_tf.training.schedule import is_eval_epoch
 
     config = presets.get("cifar10-resnet18-rslad").replace(epochs=epochs)
     return sum(1 for e in range(epochs) if is_eval_epoch(config, e))

@@ -28,10 +28,11 @@ def robustness(seeds=(0, 1, 2), *, runs_dir: str, variants=None, log=print) -> d
     one percentage point."""
     from rslad_tf.config import presets
     from rslad_tf.training import loop as train
+    from rslad_tf.training.run_dir import teacher_checkpoint
 
     variants = list(variants or ROBUSTNESS_VARIANTS)
     teacher_run = os.path.join(runs_dir, "digits-teacher")
-    teacher_path = train.teacher_checkpoint(teacher_run)
+    teacher_path = teacher_checkpoint(teacher_run)
     if not os.path.isfile(teacher_path):
         log(f"training the digits teacher into {teacher_run} ...")
         train.train(presets.get("digits-teacher"), teacher_run, log=lambda m: None)

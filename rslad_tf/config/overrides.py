@@ -14,15 +14,16 @@ The rule (docs/training.md, "Overrides"):
   uses the milestones given.
 - Dotted keys set one entry of ``model_kwargs`` or ``method_kwargs``
   (``model_kwargs.width=8``, ``method_kwargs.beta=3``), after the resets above.
+- The runtime options (`presets.RuntimeOptions`: ``jit_compile``, ``data_dir``, ...) are
+  set by their own names, as in ``config.json`` (``jit_compile=true``).
 
-Values are checked against the `TrainConfig` field types, and the result against
-`TrainConfig.validate`; a mistake is one `PresetError` line naming the field and the
-choices.
+Values are checked against the field types (`presets.field_types`), and the result
+against `TrainConfig.validate`; a mistake is one `PresetError` line naming the field and
+the choices.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
@@ -40,7 +41,8 @@ TRAINER_SET = {"self", "student", "teacher", "epsilon", "step_size", "attack_ste
 
 
 def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
+    """Every key ``--set`` and `apply` take besides the dotted ones (`presets.field_names`)."""
+    return presets.field_names()
 
 
 def parse_value(text: str):
@@ -111,11 +113,11 @@ def _coerce(key: str, kind: str, value):
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
             raise _type_error(key, "a list of numbers, e.g. [100,150]", value)
         return tuple(int(v) if float(v) == int(v) else float(v) for v in value)
-    if base == "dict":
+    if base.startswith("dict"):
         if not isinstance(value, dict):
             raise _type_error(key, 'a JSON object, e.g. {"width": 8}', value)
         return dict(value)
-    return value  # Any: checked by TrainConfig.validate (jit_compile)
+    return value  # bool | str (jit_compile): checked by RuntimeOptions.validate
 
 
 def _check_choice(key: str, value, choices) -> None:
@@ -195,7 +197,7 @@ def apply(config: TrainConfig, changes: dict) -> TrainConfig:
     """``config`` with ``changes`` ({field or dotted key: value}; None values are ignored)
     applied by the rule of this module's docstring, validated. `PresetError` otherwise."""
     changes = {k: v for k, v in (changes or {}).items() if v is not None}
-    kinds = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    kinds = presets.field_types()
     plain = {}
     for key, value in changes.items():
         if "." in key:

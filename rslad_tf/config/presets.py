@@ -1,14 +1,23 @@
 """Named experiments: typed configurations with the paper's (or the demo's) settings.
 
-A preset is a `TrainConfig`; the command line overrides fields of it and the resolved
-configuration is written to ``config.json`` next to the results. Every difference between
-methods (attack start, BatchNorm mode, reduction, temperature) is a field, never a flag
-combination.
+A preset is a `TrainConfig`: the fields that define the experiment (dataset, model,
+method, schedule, threat model, seed) and, nested in ``runtime``, the `RuntimeOptions`
+that only say how it runs (speed paths, file locations, mid-epoch saves). The command line
+overrides fields of it; the resolved configuration is written to ``config.json`` next to
+the results as one flat object (runtime options by their own names), the shape every
+earlier version wrote and read. Every difference between methods (attack start,
+BatchNorm mode, reduction, temperature) is a field, never a flag combination.
+
+The presets are tables of values (``_PRESETS``, filled below from the per-dataset and
+per-method tables), turned into a fresh `TrainConfig` by `get`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from rslad_tf.common.errors import UserError
@@ -20,24 +29,64 @@ DEVICE_DATA_CHOICES = ("auto", "on", "off")
 
 
 class PresetError(UserError, ValueError):
-    """Unknown preset name or an invalid override."""
+    """Unknown preset name, an unknown configuration field or an invalid override."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class RuntimeOptions:
+    """How a run executes, not what it computes: none of these changes the experiment
+    (the speed paths are exact or change float rounding only; docs/speed.md)."""
+
+    data_dir: str | None = None  # local dataset files (CIFAR archives / TFDS directory)
+    # The teacher file of a distillation run (else found from ``teacher_preset``).
+    teacher_path: str | None = None
+    save_every_steps: int | None = None  # resumable state mid-epoch too (None: per epoch)
+    deterministic: bool = False  # TensorFlow deterministic ops (bit-exact resume on CPU)
+    # Speed options (docs/speed.md). The defaults keep the reference numerics; the exact
+    # ones (device_data, teacher_cache) never change them.
+    jit_compile: bool | str = "auto"  # XLA for the training step: "auto" (GPU only), True, False
+    mixed_precision: str = "off"  # student compute dtype: "off", "bfloat16", "float16"
+    device_data: str = "auto"  # training set on the device: "auto" (if it fits), "on", "off"
+    teacher_cache: bool = False  # reuse teacher logits per (image, crop, flip) (RSLAD)
+    fold_attack_bn: bool = False  # training attack with BatchNorm folded into the convs
+
+    def validate(self) -> None:
+        """Raise `PresetError` with one line for an impossible option."""
+        if self.save_every_steps is not None and self.save_every_steps <= 0:
+            raise PresetError(f"--save-every-steps must be positive, got {self.save_every_steps}")
+        if self.jit_compile not in JIT_COMPILE_CHOICES:
+            raise PresetError(f"jit_compile must be 'auto', True or False, "
+                              f"got {self.jit_compile!r}")
+        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
+            raise PresetError(f"mixed_precision must be one of "
+                              f"{', '.join(MIXED_PRECISION_CHOICES)}, got {self.mixed_precision!r}")
+        if self.device_data not in DEVICE_DATA_CHOICES:
+            raise PresetError(f"device_data must be one of {', '.join(DEVICE_DATA_CHOICES)}, "
+                              f"got {self.device_data!r}")
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeOptions))
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything a training run needs. Epoch numbers count from 0."""
+    """Everything a training run needs. Epoch numbers count from 0.
+
+    The fields here define the experiment; ``runtime`` holds the options that do not.
+    Change either with `replace`, which takes the flat field names of both."""
 
     preset: str
     dataset: str
     model: str
     method: str
-    model_kwargs: dict = dataclasses.field(default_factory=dict)
-    method_kwargs: dict = dataclasses.field(default_factory=dict)
-    # Distillation: where the teacher comes from (a preset's run directory or a path).
+    # Keyword arguments of the model's builder (e.g. {"width": 16}) and of the method's
+    # class (e.g. {"beta": 6.0}); `rslad_tf.config.overrides` checks the names.
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    method_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Distillation: the preset whose run directory provides the teacher, and how to get
+    # the teacher when none is found (e.g. the converter command for a paper teacher that
+    # exists only as a PyTorch file).
     teacher_preset: str | None = None
-    teacher_path: str | None = None
-    # How to get the teacher when none is found (e.g. the converter command for a paper
-    # teacher that exists only as a PyTorch file).
     teacher_hint: str | None = None
     # Optimisation (docs/paper.md section 1: SGD 0.1, momentum 0.9, wd 2e-4, batch 128).
     epochs: int = 300
@@ -58,20 +107,11 @@ class TrainConfig:
     eval_pgd_steps: int = 20
     eval_n_examples: int | None = None
     seed: int = 0
-    data_dir: str | None = None  # local dataset files (CIFAR archives / TFDS directory)
     max_steps: int | None = None  # cap on steps per epoch (smoke tests)
-    save_every_steps: int | None = None  # resumable state mid-epoch too (None: per epoch)
-    deterministic: bool = False  # TensorFlow deterministic ops (bit-exact resume on CPU)
-    # Speed options (docs/speed.md). The defaults keep the reference numerics; the exact
-    # ones (device_data, teacher_cache) never change them.
-    jit_compile: Any = "auto"  # XLA for the training step: "auto" (Keras: GPU only), True, False
-    mixed_precision: str = "off"  # student compute dtype: "off", "bfloat16", "float16"
-    device_data: str = "auto"  # training set on the device: "auto" (if it fits), "on", "off"
-    teacher_cache: bool = False  # reuse teacher logits per (image, crop, flip) (RSLAD)
-    fold_attack_bn: bool = False  # training attack with BatchNorm folded into the convs
     # Exponential moving average of the student's weights (None: off), e.g. 0.999: evaluated
     # each selection epoch and saved as checkpoints/ema_{best,last}.keras (docs/methods.md).
     ema_decay: float | None = None
+    runtime: RuntimeOptions = dataclasses.field(default_factory=RuntimeOptions)
 
     def validate(self) -> None:
         """Raise `PresetError` with one line for an impossible configuration."""
@@ -86,22 +126,12 @@ class TrainConfig:
             raise PresetError(f"epsilon must be in (0, 1], got {self.epsilon}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise PresetError(f"--max-steps must be a positive integer, got {self.max_steps}")
-        if self.save_every_steps is not None and self.save_every_steps <= 0:
-            raise PresetError(f"--save-every-steps must be positive, got {self.save_every_steps}")
         if self.eval_n_examples is not None and self.eval_n_examples <= 0:
             raise PresetError(f"eval_n_examples must be positive, got {self.eval_n_examples}")
-        if self.jit_compile not in JIT_COMPILE_CHOICES:
-            raise PresetError(f"jit_compile must be 'auto', True or False, "
-                              f"got {self.jit_compile!r}")
-        if self.mixed_precision not in MIXED_PRECISION_CHOICES:
-            raise PresetError(f"mixed_precision must be one of "
-                              f"{', '.join(MIXED_PRECISION_CHOICES)}, got {self.mixed_precision!r}")
-        if self.device_data not in DEVICE_DATA_CHOICES:
-            raise PresetError(f"device_data must be one of {', '.join(DEVICE_DATA_CHOICES)}, "
-                              f"got {self.device_data!r}")
+        self.runtime.validate()
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise PresetError(f"ema_decay must be in (0, 1), e.g. 0.999; got {self.ema_decay}")
-        if self.teacher_cache and self.method != "rslad":
+        if self.runtime.teacher_cache and self.method != "rslad":
             raise PresetError(f"--teacher-cache needs a method whose teacher sees clean images "
                               f"only (rslad), not {self.method!r}")
 
@@ -109,22 +139,66 @@ class TrainConfig:
     def needs_teacher(self) -> bool:
         return self.method in DISTILLATION_METHODS
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+    def experiment(self) -> dict[str, Any]:
+        """The fields that define the experiment (everything but ``runtime``), as JSON
+        values: two runs with equal experiments train the same model."""
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self)
+             if f.name != "runtime"}
         d["lr_milestones"] = list(self.lr_milestones)
         return d
 
+    def experiment_id(self) -> str:
+        """A short digest of `experiment`: equal for runs that differ in runtime only."""
+        text = json.dumps(self.experiment(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form written to ``config.json``: the experiment's fields, then the
+        runtime options by their own names."""
+        return {**self.experiment(), **dataclasses.asdict(self.runtime)}
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        d = dict(d)
-        d["lr_milestones"] = tuple(d.get("lr_milestones", ()))
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        """The config of a flat dict (`to_dict`, a ``config.json`` of any version, a
+        preset table); `PresetError` naming the first unknown key and the valid ones."""
+        unknown = sorted(set(d) - set(field_names()))
+        if unknown:
+            raise PresetError(f"unknown configuration field {unknown[0]!r}; valid fields: "
+                              f"{', '.join(field_names())}")
+        values = {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+        if "lr_milestones" in values:
+            values["lr_milestones"] = tuple(values["lr_milestones"])
+        runtime = RuntimeOptions(**{k: v for k, v in d.items() if k in RUNTIME_FIELDS})
+        return cls(**values, runtime=runtime)
 
     def replace(self, **changes) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` ({flat field name: value}); runtime options go into
+        ``runtime``. `PresetError` for a name that is no field."""
+        unknown = sorted(set(changes) - set(field_names()))
+        if unknown:
+            raise PresetError(f"unknown configuration field {unknown[0]!r}; valid fields: "
+                              f"{', '.join(field_names())}")
+        runtime = {k: v for k, v in changes.items() if k in RUNTIME_FIELDS}
+        rest = {k: v for k, v in changes.items() if k not in RUNTIME_FIELDS}
+        if runtime:
+            rest["runtime"] = dataclasses.replace(self.runtime, **runtime)
+        return dataclasses.replace(self, **rest)
 
 
+def field_types() -> dict[str, str]:
+    """Every settable field by its flat name (the ``config.json`` / ``--set`` key), with
+    its annotation as text: the experiment's fields first, then the runtime options."""
+    kinds = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig) if f.name != "runtime"}
+    kinds.update({f.name: str(f.type) for f in dataclasses.fields(RuntimeOptions)})
+    return kinds
+
+
+def field_names() -> list[str]:
+    """The flat field names, in `field_types` order."""
+    return list(field_types())
+
+
+# ---------------------------------------------------------------------------------------
 # Per-method settings of their own papers / reference code (docs/paper.md section 2).
 _METHOD_DEFAULTS = {
     "natural": {},
@@ -158,57 +232,42 @@ IGDM_BASES = ("rslad", "adaad")
 # naturally trained model while adversarially trained ones keep most points); the training
 # step is eps / 4 as in the paper (2/255 at 8/255).
 from rslad_tf.data.digits import EPSILON as DIGITS_EPSILON  # noqa: E402
-_DIGITS_COMMON = dict(
-    dataset="digits", epochs=30, batch_size=64, learning_rate=0.05, momentum=0.9,
-    weight_decay=2e-4, lr_milestones=(22, 27), epsilon=DIGITS_EPSILON,
-    step_size=DIGITS_EPSILON / 4, attack_steps=10, eval_every=5,
-)
+
 DIGITS_TEACHER_WIDTH = 64
 DIGITS_STUDENT_WIDTH = 16
-
-
-def _digits_teacher() -> TrainConfig:
-    return TrainConfig(preset="digits-teacher", model="small_cnn", method="trades",
-                       model_kwargs={"width": DIGITS_TEACHER_WIDTH},
-                       method_kwargs=dict(_METHOD_DEFAULTS["trades"]), **_DIGITS_COMMON)
-
-
-def _digits_student(method: str) -> TrainConfig:
-    method_kwargs = dict(_METHOD_DEFAULTS[method])
-    if method == "iad":
-        method_kwargs["warmup_epochs"] = 10  # 60 of 200 epochs in the reference, scaled
-    common = dict(_DIGITS_COMMON)
-    if method == "adaiad":
-        # Warm-up as digits-iad. Its KLs are "batchmean" (10x "mean" on 10 classes) times
-        # tau^2, so it keeps the base learning rate, not the 0.5 of the "mean" losses below.
-        method_kwargs["warmup_epochs"] = 10
-    if method in ("rslad", "ard", "iad", "adaad"):
-        # These losses are KL divergences averaged over batch x classes (the references'
-        # reduction), so their gradients are about 1/10 of cross-entropy's; the papers'
-        # 200-300 epochs absorb that, a 20-30-epoch digits run does not. Measured on the
-        # digits teacher: RSLAD at learning rate 0.05 gave 80.5% clean / 39.5% PGD-20
-        # after 30 epochs, 0.5 gave 95.5% / 58% after 20. With the demo's 8-epoch teacher
-        # and 20 epochs (last epoch): ARD 59.6% / 22.4% at 0.05, 79.8% / 43.3% at 0.5;
-        # IAD 57.1% / 23.1% at 0.05, 68.7% / 42.2% at 0.5.
-        common["learning_rate"] = 0.5
-    return TrainConfig(preset=f"digits-{method}", model="small_cnn", method=method,
-                       model_kwargs={"width": DIGITS_STUDENT_WIDTH},
-                       method_kwargs=method_kwargs,
-                       teacher_preset="digits-teacher" if method in DISTILLATION_METHODS else None,
-                       **common)
-
-
-_BUILDERS = {"digits-teacher": _digits_teacher}
-for _m in METHOD_NAMES:
-    _BUILDERS[f"digits-{_m}"] = (lambda m: lambda: _digits_student(m))(_m)
-
+_DIGITS = dict(
+    dataset="digits", model="small_cnn", epochs=30, batch_size=64, learning_rate=0.05,
+    momentum=0.9, weight_decay=2e-4, lr_milestones=(22, 27), epsilon=DIGITS_EPSILON,
+    step_size=DIGITS_EPSILON / 4, attack_steps=10, eval_every=5,
+)
+# What each digits student changes from `_DIGITS` (method_kwargs entries merge into the
+# method's defaults).
+#  - learning rate 0.5 for RSLAD, ARD, IAD, AdaAD: these losses are KL divergences
+#    averaged over batch x classes (the references' reduction), so their gradients are
+#    about 1/10 of cross-entropy's; the papers' 200-300 epochs absorb that, a 20-30-epoch
+#    digits run does not. Measured on the digits teacher: RSLAD at learning rate 0.05 gave
+#    80.5% clean / 39.5% PGD-20 after 30 epochs, 0.5 gave 95.5% / 58% after 20. With the
+#    demo's 8-epoch teacher and 20 epochs (last epoch): ARD 59.6% / 22.4% at 0.05, 79.8% /
+#    43.3% at 0.5; IAD 57.1% / 23.1% at 0.05, 68.7% / 42.2% at 0.5.
+#  - IAD's warm-up: 60 of 200 epochs in the reference, scaled to 10.
+#  - AdaIAD: warm-up as digits-iad. Its KLs are "batchmean" (10x "mean" on 10 classes)
+#    times tau^2, so it keeps the base learning rate.
+_DIGITS_STUDENT_CHANGES = {
+    "rslad": {"learning_rate": 0.5},
+    "ard": {"learning_rate": 0.5},
+    "iad": {"learning_rate": 0.5, "method_kwargs": {"warmup_epochs": 10}},
+    "adaad": {"learning_rate": 0.5},
+    "adaiad": {"method_kwargs": {"warmup_epochs": 10}},
+}
 
 # ---------------------------------------------------------------------------------------
 # The paper's experiments (docs/paper.md sections 1, 2 and 4). Students: ResNet-18 and
 # MobileNetV2, CIFAR variants, no input normalisation. Every method keeps its own
 # reference's schedule; the RSLAD schedule is the default for natural and SAT students.
-_CIFAR_COMMON = dict(batch_size=128, learning_rate=0.1, momentum=0.9, weight_decay=2e-4,
-                     epsilon=8 / 255, step_size=2 / 255, attack_steps=10, eval_every=20)
+CIFAR_DATASETS = ("cifar10", "cifar100")
+CIFAR_STUDENT_MODELS = ("resnet18", "mobilenetv2")
+_CIFAR = dict(batch_size=128, learning_rate=0.1, momentum=0.9, weight_decay=2e-4,
+              epsilon=8 / 255, step_size=2 / 255, attack_steps=10, eval_every=20)
 _SCHEDULES = {
     # RSLAD: 300 epochs, lr / 10 at 215, 260, 285.
     "rslad": dict(epochs=300, lr_milestones=(215, 260, 285)),
@@ -225,8 +284,18 @@ _SCHEDULES = {
     "adaad": dict(epochs=200, lr_milestones=(100, 150), weight_decay=5e-4),
     "adaiad": dict(epochs=200, lr_milestones=(100, 150), weight_decay=5e-4),
 }
+# Method settings that differ per dataset: the RSLAD reference multiplies each KL by 10
+# on CIFAR-100; AdaAD's code reduces "batchmean" there.
+_DATASET_METHOD_KWARGS = {
+    ("cifar100", "rslad"): {"scale": 10.0},
+    ("cifar100", "adaad"): {"reduction": "batchmean"},
+}
 CIFAR10_TEACHER_PRESET = "cifar10-wrn34-10-trades"
+# Where each dataset's distillation presets take their teacher from.
+_TEACHER_PRESETS = {"digits": "digits-teacher", "cifar10": CIFAR10_TEACHER_PRESET,
+                    "cifar100": None}
 _TEACHER_HINTS = {
+    "digits": None,
     "cifar10": ("train one with `python -m rslad_tf.train --preset cifar10-wrn34-10-trades`, or "
                 "convert the paper's TRADES teacher: `python -m rslad_tf.convert_teacher "
                 "model_cifar_wrn.pt --arch wrn34_10 --out teacher.keras`, then pass "
@@ -236,82 +305,92 @@ _TEACHER_HINTS = {
                  "(add --normalization cifar10 to reproduce the RSLAD reference's "
                  "normalisation), then pass --teacher teacher.keras"),
 }
-
-
-def _cifar_student(dataset: str, model: str, method: str) -> TrainConfig:
-    method_kwargs = dict(_METHOD_DEFAULTS[method])
-    if dataset == "cifar100" and method == "rslad":
-        method_kwargs["scale"] = 10.0  # the reference multiplies each KL by 10 on CIFAR-100
-    if dataset == "cifar100" and method == "adaad":
-        method_kwargs["reduction"] = "batchmean"  # AdaAD's code on CIFAR-100
-    distils = method in DISTILLATION_METHODS
-    hint = _TEACHER_HINTS[dataset] if distils else None
-    if method in ("adaad", "adaiad"):
-        hint += _ADAAD_TEACHER_HINT
-    return TrainConfig(
-        preset=f"{dataset}-{model}-{method}", dataset=dataset, model=model, method=method,
-        method_kwargs=method_kwargs,
-        teacher_preset=CIFAR10_TEACHER_PRESET if distils and dataset == "cifar10" else None,
-        teacher_hint=hint, **{**_CIFAR_COMMON, **_SCHEDULES[method]})
-
-
 # The AdaAD paper distils from RobustBench WideResNets (e.g. Chen2021LTD_WRN34_20 on
 # CIFAR-10); the presets default to RSLAD's teacher so that methods compare on one teacher.
 _ADAAD_TEACHER_HINT = ("; AdaAD's paper used RobustBench WideResNets (e.g. Chen2021LTD_WRN34_20): "
                        "`python -m rslad_tf.convert_teacher FILE.pt --out teacher.keras` reads "
                        "their depth, width and classes from the file")
+_HINTED_METHODS = {"adaad": _ADAAD_TEACHER_HINT, "adaiad": _ADAAD_TEACHER_HINT}
 
 
-def _with_igdm(config: TrainConfig) -> TrainConfig:
-    """``config`` (an RSLAD or AdaAD preset) plus the IGDM term with its dataset's alpha."""
-    kwargs = dict(config.method_kwargs, igdm_alpha=IGDM_ALPHA[config.dataset])
-    return config.replace(preset=f"{config.preset}-igdm", method_kwargs=kwargs)
+def _values(preset: str, method: str, *tables: dict) -> dict:
+    """The flat values of one preset: ``tables`` merged in order over the method's
+    reference settings (a table's ``method_kwargs`` merges into them)."""
+    values = {"preset": preset, "method": method,
+              "method_kwargs": dict(_METHOD_DEFAULTS[method])}
+    for table in tables:
+        table = dict(table)
+        values["method_kwargs"].update(table.pop("method_kwargs", {}))
+        values.update(table)
+    return values
 
 
-def _cifar10_teacher() -> TrainConfig:
-    """The TRADES WideResNet-34-10 teacher of the CIFAR-10 experiments."""
-    return TrainConfig(preset=CIFAR10_TEACHER_PRESET, dataset="cifar10", model="wrn34_10",
-                       method="trades", method_kwargs=dict(_METHOD_DEFAULTS["trades"]),
-                       **_SCHEDULES["trades"], **_CIFAR_COMMON)
+def _student_values(dataset: str, preset: str, method: str, *tables: dict) -> dict:
+    """A student preset's values: ``tables`` plus, for a distillation method, where its
+    teacher comes from."""
+    values = _values(preset, method, *tables,
+                     {"method_kwargs": _DATASET_METHOD_KWARGS.get((dataset, method), {})})
+    if method in DISTILLATION_METHODS:
+        values["teacher_preset"] = _TEACHER_PRESETS[dataset]
+        hint = _TEACHER_HINTS[dataset]
+        if hint is not None:
+            values["teacher_hint"] = hint + _HINTED_METHODS.get(method, "")
+    return values
 
 
-def _cifar10_surrogate() -> TrainConfig:
-    """The robust ResNet-50 (SAT) that the black-box transfer attacks are crafted on."""
-    return TrainConfig(preset="cifar10-resnet50-sat", dataset="cifar10", model="resnet50",
-                       method="sat", method_kwargs=dict(_METHOD_DEFAULTS["sat"]),
-                       **_SCHEDULES["sat"], **_CIFAR_COMMON)
+def _with_igdm(values: dict) -> dict:
+    """An RSLAD or AdaAD preset's values plus the IGDM term with its dataset's alpha."""
+    return dict(values, preset=f"{values['preset']}-igdm",
+                method_kwargs=dict(values["method_kwargs"],
+                                   igdm_alpha=IGDM_ALPHA[values["dataset"]]))
 
 
-_BUILDERS[CIFAR10_TEACHER_PRESET] = _cifar10_teacher
-_BUILDERS["cifar10-resnet50-sat"] = _cifar10_surrogate
-for _d in ("cifar10", "cifar100"):
-    for _model in ("resnet18", "mobilenetv2"):
+# Every preset by name: flat `TrainConfig` values.
+_PRESETS: dict[str, dict] = {}
+
+
+def _add(values: dict) -> None:
+    if values["preset"] in _PRESETS:
+        raise ValueError(f"preset {values['preset']!r} is defined twice")
+    _PRESETS[values["preset"]] = values
+
+
+_add(_values("digits-teacher", "trades", _DIGITS,
+             {"model_kwargs": {"width": DIGITS_TEACHER_WIDTH}}))
+for _m in METHOD_NAMES:
+    _add(_student_values("digits", f"digits-{_m}", _m, _DIGITS,
+                         {"model_kwargs": {"width": DIGITS_STUDENT_WIDTH}},
+                         _DIGITS_STUDENT_CHANGES.get(_m, {})))
+# The TRADES WideResNet-34-10 teacher of the CIFAR-10 experiments, and the robust ResNet-50
+# (SAT) that the black-box transfer attacks are crafted on.
+_add(_values(CIFAR10_TEACHER_PRESET, "trades", _CIFAR, _SCHEDULES["trades"],
+             {"dataset": "cifar10", "model": "wrn34_10"}))
+_add(_values("cifar10-resnet50-sat", "sat", _CIFAR, _SCHEDULES["sat"],
+             {"dataset": "cifar10", "model": "resnet50"}))
+for _d in CIFAR_DATASETS:
+    for _model in CIFAR_STUDENT_MODELS:
         for _m in METHOD_NAMES:
-            _BUILDERS[f"{_d}-{_model}-{_m}"] = (
-                lambda d, mo, m: lambda: _cifar_student(d, mo, m))(_d, _model, _m)
-        for _m in IGDM_BASES:  # e.g. cifar10-resnet18-rslad-igdm
-            _BUILDERS[f"{_d}-{_model}-{_m}-igdm"] = (
-                lambda d, mo, m: lambda: _with_igdm(_cifar_student(d, mo, m)))(_d, _model, _m)
-for _m in IGDM_BASES:  # digits-rslad-igdm, digits-adaad-igdm
-    _BUILDERS[f"digits-{_m}-igdm"] = (lambda m: lambda: _with_igdm(_digits_student(m)))(_m)
+            _add(_student_values(_d, f"{_d}-{_model}-{_m}", _m, _CIFAR, _SCHEDULES[_m],
+                                 {"dataset": _d, "model": _model}))
+for _name in [n for n in _PRESETS if n.rsplit("-", 1)[-1] in IGDM_BASES]:
+    _add(_with_igdm(_PRESETS[_name]))  # e.g. digits-rslad-igdm, cifar10-resnet18-adaad-igdm
 
 
-def register(name: str, builder) -> None:
-    """Add a preset builder (a function returning a fresh `TrainConfig`)."""
-    if name in _BUILDERS:
-        raise ValueError(f"preset {name!r} is registered twice")
-    _BUILDERS[name] = builder
+def register(config: TrainConfig) -> None:
+    """Add ``config`` as the preset ``config.preset``."""
+    config.validate()
+    _add(config.to_dict())
 
 
 def available() -> list[str]:
-    return sorted(_BUILDERS)
+    return sorted(_PRESETS)
 
 
 def get(name: str) -> TrainConfig:
     """A fresh `TrainConfig` for preset `name`; `PresetError` naming the choices otherwise."""
-    if name not in _BUILDERS:
+    if name not in _PRESETS:
         raise PresetError(f"unknown preset {name!r}; choose one of: {', '.join(available())}")
-    return _BUILDERS[name]()
+    return TrainConfig.from_dict(copy.deepcopy(_PRESETS[name]))
 
 
 def method_defaults(method: str) -> dict:

@@ -1,0 +1,73 @@
+"""The Keras callbacks of a training run (`rslad_tf.training.callbacks`), one at a time."""
+
+import keras
+import pytest
+
+from rslad_tf.common.errors import UserError
+from rslad_tf.config import presets
+from rslad_tf.training import callbacks
+from rslad_tf.training.schedule import is_eval_epoch, learning_rate
+
+
+def _model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=1.0))
+    return model
+
+
+def test_schedule_sets_the_learning_rate_of_each_epoch():
+    config = presets.get("digits-sat")  # 0.05, / 10 at epochs 22 and 27
+    expected = [0.05] * 22 + [0.005] * 5 + [0.0005] * 3
+    schedule = callbacks.StepSchedule(config)
+    model = _model()
+    schedule.set_model(model)
+    for epoch in range(config.epochs):
+        schedule.on_epoch_begin(epoch)
+        assert learning_rate(config, epoch) == pytest.approx(expected[epoch])
+        assert float(model.optimizer.learning_rate) == pytest.approx(expected[epoch], rel=1e-6)
+
+
+def test_selection_epochs_follow_the_reference_schedule():
+    config = presets.get("digits-sat")  # every 5 epochs, every epoch from milestone 22 on
+    chosen = [e + 1 for e in range(config.epochs) if is_eval_epoch(config, e)]
+    assert chosen == [5, 10, 15, 20] + list(range(22, 31))
+
+
+class _RecordedState:
+    path = "run/checkpoints/state.npz"
+
+    def __init__(self):
+        self.saved = []
+
+    def save(self, epoch, step=0):
+        self.saved.append((epoch, step))
+
+
+def test_guard_saves_every_n_steps_counting_from_a_resumed_step():
+    state = _RecordedState()
+    guard = callbacks.StepGuard(state, 2, resume_at=(1, 3))
+    guard.set_model(_model())
+    guard.on_epoch_begin(1)
+    for batch in range(3):  # steps 4, 5, 6 of epoch 1
+        guard.on_train_batch_end(batch, {"loss": 0.5})
+    guard.on_epoch_end(1)
+    guard.on_epoch_begin(2)
+    for batch in range(2):  # steps 1, 2 of epoch 2
+        guard.on_train_batch_end(batch, {"loss": 0.5})
+    assert state.saved == [(1, 4), (1, 6), (2, 2)]
+
+
+def test_guard_stops_at_a_non_finite_loss_and_names_epoch_and_step():
+    state = _RecordedState()
+    model = _model()
+    guard = callbacks.StepGuard(state, None)
+    guard.set_model(model)
+    guard.on_epoch_begin(0)
+    guard.on_train_batch_end(0, {"loss": 1.0})
+    guard.on_train_batch_end(1, {"loss": float("nan")})
+    assert model.stop_training and guard.bad_step == 2
+    with pytest.raises(UserError) as info:
+        guard.on_epoch_end(0)
+    message = str(info.value)
+    assert "non-finite loss at epoch 1, step 2" in message and "run/checkpoints" in message
+    assert "\n" not in message and state.saved == []
