@@ -42,4 +42,6 @@ class ARDModel(AdversarialMethod):
         total, kl, ce = losses.ard_loss(ctx["teacher_logits"], logits_adv, logits_nat, y,
                                         alpha=self.alpha, temperature=self.temperature,
                                         reduction=self.reduction)
-        return {"loss": total, "kl": kl, "ce": ce, "logits": logits_adv}
+        # logits_nat: for subclasses whose loss also needs S(x) (IAD's self-distillation).
+        return {"loss": total, "kl": kl, "ce": ce, "logits": logits_adv,
+                "logits_nat": logits_nat}

@@ -29,12 +29,19 @@ class IADModel(ARDModel):
 
     def loss_terms(self, x, x_adv, y, ctx):
         ard_terms = super().loss_terms(x, x_adv, y, ctx)
-        logits_adv = ard_terms["logits"]
-        logits_nat = tf.cast(self.student(x, training=True), tf.float32)
+        logits_adv, ard_logits_nat = ard_terms["logits"], ard_terms.pop("logits_nat")
+        introspective = self.epoch >= self.warmup_epochs
+        # The reference (IAD-I.py) evaluates S(x) in training mode a second time for the
+        # self-distillation target, and only after the warm-up: then BatchNorm's moving
+        # statistics move once more per step; in the warm-up the step is ARD's. The second
+        # pass gives the same logits and gradient as ARD's S(x) (training mode normalises
+        # with the batch's own statistics), so the warm-up reuses those.
+        logits_nat = tf.cond(introspective,
+                             lambda: tf.cast(self.student(x, training=True), tf.float32),
+                             lambda: ard_logits_nat)
         teacher_adv = self.teacher_logits(x_adv)
         iad_total, _, self_kl = losses.iad_loss(
             ctx["teacher_logits"], teacher_adv, logits_adv, logits_nat, y,
             temperature=self.temperature, beta=self.beta, reduction=self.reduction)
-        introspective = self.epoch >= self.warmup_epochs
         total = tf.where(introspective, iad_total, ard_terms["loss"])
         return {**ard_terms, "loss": total, "self_kl": self_kl}
