@@ -185,7 +185,8 @@ TWO_DEVICES = textwrap.dedent("""
         keras.utils.set_random_seed(seed)
         # No BatchNorm: its batch statistics are per replica (as in the references'
         # DataParallel), so only BN-free models have replica-independent updates.
-        return keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(8, 3, activation="relu"),
+        return keras.Sequential([keras.Input((8, 8, 1)),
+                                 keras.layers.Conv2D(8, 3, activation="relu"),
                                  keras.layers.Flatten(), keras.layers.Dense(10)])
 
     x, y = load_numpy("digits", "train")
