@@ -27,10 +27,8 @@ def parse_reference_options(text: str, what: str = "autoattack_options") -> dict
         raise UserError(f"{what} {text!r} is not a JSON object ({exc})") from None
     if not isinstance(options, dict):
         raise UserError(f"{what} {text!r} is not a JSON object")
-    try:
-        from rslad_tf.attacks.autoattack.reference import OPTION_KEYS
-    except ImportError:
-        return options
+    from rslad_tf.attacks.autoattack.request import OPTION_KEYS
+
     unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
         raise UserError(f"unknown {what} {', '.join(unknown)}; choose from "

@@ -1,16 +1,18 @@
 """export_student: export a distilled student in the formats asked for (SavedModel, LiteRT
 float or int8, ONNX; `rslad_tf.interop.export`), and evaluate each artifact as it ships
-(`rslad_tf.evaluation.artifact_eval`): clean accuracy, the protocol's white-box images crafted on the
-float student, the transfer attacks from the surrogate, Square on the artifact itself,
-its size and CPU latency. With no formats the step exports nothing (and starts no
+(`rslad_tf.evaluation.artifact_eval`): clean accuracy, the protocol's white-box images
+crafted on the float student, the transfer attacks from the surrogate, Square on the
+artifact itself, its size and CPU latency. With no formats the step exports nothing (and starts no
 TensorFlow)."""
 
 # No `from __future__ import annotations`: kfp reads the wrapper's annotations as types.
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 from components.common import component
+from rslad_tf.common import vocabulary
 
-DEFAULT_ATTACKS = "clean,fgsm,pgd_sat,pgd_trades,cw_inf,transfer_pgd,transfer_cw,square"
+# The step's default columns: every one but AutoAttack.
+DEFAULT_ATTACKS = ",".join(k for k in vocabulary.COLUMN_KEYS if k != "autoattack")
 # The file name of each format inside the exports artifact.
 FILE_NAMES = {"saved_model": "saved_model", "litert": "model.tflite",
               "litert-int8": "model_int8.tflite", "onnx": "model.onnx"}
@@ -59,9 +61,8 @@ def export_student_fn(dataset_dir: str, model_dir: str, surrogate_dir: str, out_
     from components.evaluation import parse_reference_options
     from components.training import load_model_artifact
     from rslad_tf.evaluation.artifact_eval import evaluate_artifact
-    from rslad_tf.evaluation.suite import ATTACKS
 
-    chosen = parse_list(attacks, ATTACKS, "attack")
+    chosen = parse_list(attacks, vocabulary.COLUMN_KEYS, "attack")
     options = parse_reference_options(square_options, "square_options")
     from rslad_tf.interop.export import export
 

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 
+from rslad_tf.evaluation import cli
 from rslad_tf.evaluation import suite as ev
 from rslad_tf.attacks import autoattack as aa
 from rslad_tf.attacks.autoattack import _util, apgd, fab, square
@@ -327,14 +328,14 @@ def test_evaluate_cli_takes_autoattack(tmp_path, trained_digits_model, capsys):
     path = str(tmp_path / "m.keras")
     trained_digits_model.save(path)
     out = tmp_path / "eval.json"
-    code = run_cli(ev.main, [path, "--attacks", "clean,square", "--n-examples", "8",
+    code = run_cli(cli.main, [path, "--attacks", "clean,square", "--n-examples", "8",
                              "--autoattack", "native", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     written = json.loads(out.read_text())
     assert written["autoattack_impl"] == "native"
     assert written["attacks"]["square"]["standard"] is True
-    code = run_cli(ev.main, [path, "--autoattack", "torch"])
+    code = run_cli(cli.main, [path, "--autoattack", "torch"])
     assert code == 2 and "invalid choice" in capsys.readouterr().err
 
 

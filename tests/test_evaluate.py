@@ -14,6 +14,8 @@ import pytest
 import tensorflow as tf
 
 from rslad_tf import attacks
+from rslad_tf.common import vocabulary
+from rslad_tf.evaluation import cli
 from rslad_tf.evaluation import suite as ev
 from rslad_tf.common.errors import run_cli
 
@@ -211,11 +213,11 @@ def test_a_model_that_ignores_its_input_keeps_every_point_it_gets_right(digits_d
     n = 60
     expected = 100.0 * np.mean(y[:n] == 0)
     assert expected > 0
-    r = ev.evaluate(_constant_model(), attacks=list(ev.WHITE_BOX) + ["square"], n_examples=n,
-                    autoattack=impl, autoattack_version="custom",
+    r = ev.evaluate(_constant_model(), attacks=list(vocabulary.WHITE_BOX_SUITE) + ["square"],
+                    n_examples=n, autoattack=impl, autoattack_version="custom",
                     autoattack_attacks=["apgd-ce", "apgd-t", "fab-t", "square"],
                     autoattack_options={"n_iter": 10, "n_target_classes": 3, "n_queries": 100})
-    for name in list(ev.WHITE_BOX) + ["square"]:
+    for name in list(vocabulary.WHITE_BOX_SUITE) + ["square"]:
         assert r[f"{name}_acc"] == pytest.approx(expected), name
     assert all(v == pytest.approx(expected) for v in r["autoattack_per_attack"].values())
 
@@ -279,7 +281,7 @@ def test_train_final_eval_calls_evaluate_run(monkeypatch, tmp_path):
 
 # -- command line -------------------------------------------------------------------------------
 def _cli(argv, capsys):
-    code = run_cli(ev.main, argv)
+    code = run_cli(cli.main, argv)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 

@@ -1,6 +1,7 @@
-"""Exported artifacts (rslad_tf.interop.export, rslad_tf.interop.artifacts, rslad_tf.evaluation.artifact_eval): each
-format's round trip, int8 accuracy, the artifact's eval JSON against a checkpoint's, the
-report's artifact rows, and bad inputs (one line, exit 2, nothing changed)."""
+"""Exported artifacts (rslad_tf.interop.export, rslad_tf.interop.artifacts,
+rslad_tf.evaluation.artifact_eval): each format's round trip, int8 accuracy, the artifact's
+eval JSON against a checkpoint's, the report's artifact rows, and bad inputs (one line,
+exit 2, nothing changed)."""
 
 import os
 import subprocess
@@ -179,7 +180,7 @@ def test_export_bad_inputs_one_line_and_nothing_changed(tmp_path, capsys):
 
 
 def test_evaluate_artifact_bad_inputs(tmp_path, trained_digits_model, capsys):
-    from rslad_tf.evaluation import suite as evaluate
+    from rslad_tf.evaluation import cli
 
     ckpt = tmp_path / "student.keras"
     trained_digits_model.save(ckpt)
@@ -195,7 +196,7 @@ def test_evaluate_artifact_bad_inputs(tmp_path, trained_digits_model, capsys):
     assert code == 2 and "not an artifact" in last, last
     # Not a model: the runtime refuses the file (in-process, TensorFlow is loaded).
     out = tmp_path / "eval.json"
-    assert run_cli(evaluate.main, [str(garbage), "--source", str(ckpt), "--attacks", "clean",
+    assert run_cli(cli.main, [str(garbage), "--source", str(ckpt), "--attacks", "clean",
                                    "--out", str(out)]) == 2
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "not a loadable LiteRT model" in err[0]

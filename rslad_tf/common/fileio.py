@@ -86,3 +86,20 @@ def check_keras_archive(path: str, what: str = "model") -> None:
     if "config.json" not in names:
         raise UserError(f"{what} file {path!r} is a zip archive but not a Keras .keras "
                         "archive (no config.json in it)")
+
+
+def run_config_of(checkpoint: str | None) -> dict | None:
+    """The ``config.json`` of the training run a checkpoint lies in
+    (``RUN/checkpoints/x.keras``), or None when it lies in no readable run directory."""
+    if not checkpoint:
+        return None
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))),
+                        "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None

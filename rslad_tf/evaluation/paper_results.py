@@ -6,7 +6,10 @@ Keys: (dataset, model, method) -> {report column label: accuracy}. `SUCCESSORS` 
 published numbers of the methods added since (AdaAD, IGDM), each with its own source.
 """
 
-_WHITE = ("Clean", "FGSM", "PGD_SAT", "PGD_TRADES", "CW_inf", "AA")
+from rslad_tf.common import vocabulary
+
+# The labels of the white-box suite's columns, in the paper's order.
+_WHITE = tuple(vocabulary.COLUMNS_BY_KEY[k].label for k in vocabulary.WHITE_BOX_SUITE)
 
 
 def _row(*values):

@@ -22,18 +22,21 @@ import math
 import os
 import sys
 
+from rslad_tf.common import vocabulary
 from rslad_tf.common.errors import ArgumentParser, UserError, run_cli
+from rslad_tf.evaluation.result import EvalResult
 
-COLUMNS = (("Clean", "clean_acc"), ("FGSM", "fgsm_acc"), ("PGD_SAT", "pgd_sat_acc"),
-           ("PGD_TRADES", "pgd_trades_acc"), ("CW_inf", "cw_inf_acc"), ("AA", "autoattack_acc"))
-BLACK_BOX_COLUMNS = (("PGD-20 transfer", "transfer_pgd_acc"),
-                     ("CW_inf transfer", "transfer_cw_acc"), ("Square", "square_acc"))
+# (label, eval JSON key) of the columns: the white-box suite always, the black-box
+# columns when any input has them (`rslad_tf.common.vocabulary.EVAL_COLUMNS`).
+COLUMNS = tuple((c.label, c.json_key) for c in vocabulary.EVAL_COLUMNS if not c.black_box)
+BLACK_BOX_COLUMNS = tuple((c.label, c.json_key) for c in vocabulary.EVAL_COLUMNS
+                          if c.black_box)
 # artifact_format: None for a checkpoint, else the exported artifact's format
-# (`rslad_tf.evaluation.artifact_eval`): each artifact gets its own row, right after its float model.
+# (`rslad_tf.evaluation.artifact_eval`): each artifact gets its own row, right after its
+# float model.
 KEY_FIELDS = ("dataset", "model", "method", "checkpoint", "eps", "artifact_format")
 ARTIFACT_ORDER = (None, "saved_model", "onnx", "litert", "litert-int8")
-REQUIRED = ("dataset", "model")
-METHOD_ORDER = ("natural", "sat", "trades", "ard", "iad", "rslad")
+METHOD_ORDER = vocabulary.METHOD_NAMES
 CHECKPOINT_ORDER = ("best", "last")
 FORMATS = ("md", "csv", "json", "robustbench")
 MISSING = "-"
@@ -50,13 +53,10 @@ def _load_json(path: str) -> dict:
         raise UserError(f"cannot read {path!r}: {exc.strerror}") from None
     except ValueError as exc:
         raise UserError(f"{path!r} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path!r} does not hold an eval JSON object")
-    missing = [k for k in REQUIRED if k not in data]
-    if missing:
-        raise UserError(f"{path!r} is not an eval JSON (missing {', '.join(missing)})")
-    if not any(key in data for _, key in COLUMNS + BLACK_BOX_COLUMNS):
-        raise UserError(f"{path!r} holds no accuracy (no *_acc key)")
+    try:
+        EvalResult.from_json(data)  # JSONs older than the schema version read as version 1
+    except ValueError as exc:
+        raise UserError(f"{path!r} {exc}") from None
     data.setdefault("_source", os.path.abspath(path))
     return data
 
@@ -341,7 +341,8 @@ def _finish_plot(plt, fig, ax, path: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fileio.write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120), suffix=".png")
+    fileio.write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120),
+                            suffix=".png")
     plt.close(fig)
 
 

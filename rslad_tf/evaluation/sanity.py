@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-WHITE_BOX = ("fgsm", "pgd_sat", "pgd_trades", "cw_inf", "autoattack")
-BLACK_BOX = ("transfer_pgd", "transfer_cw", "square")
+from rslad_tf.common import vocabulary
+
+# Why the checks are skipped for a classifier without gradients (an exported artifact).
+NO_GRADIENTS = ("an exported artifact has no input gradients here; the gradient-masking "
+                "checks belong to the float checkpoint's eval")
 # Percentage points by which an observation must exceed noise to count.
 TOLERANCE = 1.0
 ZERO_GRADIENT_FRACTION = 0.01  # AutoAttack warns on any; 1% keeps exact-zero flukes quiet
@@ -58,15 +61,18 @@ def masking_warnings(result: dict, zero_fraction: float | None = None,
                      steps_accuracy: dict | None = None) -> list[str]:
     """The warnings (strings) that an eval result and the two measurements call for."""
     warnings = []
-    white = {k: result[f"{k}_acc"] for k in WHITE_BOX if f"{k}_acc" in result}
+    columns = vocabulary.EVAL_COLUMNS
+    white = {c.key: result[c.json_key] for c in columns
+             if c.kind == vocabulary.WHITE_BOX and c.json_key in result}
     if white:
         strongest_name = min(white, key=white.get)
-        for k in BLACK_BOX:
-            if f"{k}_acc" in result and result[f"{k}_acc"] < white[strongest_name] - TOLERANCE:
+        for c in columns:
+            if (c.black_box and c.json_key in result
+                    and result[c.json_key] < white[strongest_name] - TOLERANCE):
                 warnings.append(
-                    f"black-box {k} ({result[f'{k}_acc']:.2f}%) is stronger than the strongest "
-                    f"white-box attack {strongest_name} ({white[strongest_name]:.2f}%): likely "
-                    "gradient masking")
+                    f"black-box {c.key} ({result[c.json_key]:.2f}%) is stronger than the "
+                    f"strongest white-box attack {strongest_name} "
+                    f"({white[strongest_name]:.2f}%): likely gradient masking")
     if zero_fraction is not None and zero_fraction >= ZERO_GRADIENT_FRACTION:
         warnings.append(f"{100 * zero_fraction:.1f}% of points have an all-zero input gradient: "
                         "gradient-based attacks cannot move them (likely gradient masking)")
@@ -91,3 +97,9 @@ def check(model, images, labels, result: dict, *, eps, batch_size=256, seed=0,
         "pgd_accuracy_by_steps": {str(k): v for k, v in steps.items()},
         "warnings": masking_warnings(result, zero, steps),
     }
+
+
+def skipped(reason: str) -> dict:
+    """The ``sanity`` object of an evaluation that could not run the checks, and why."""
+    return {"n_points": 0, "zero_gradient_fraction": None, "pgd_accuracy_by_steps": None,
+            "warnings": [], "skipped": reason}

@@ -194,19 +194,19 @@ def main(argv=None) -> None:
     check_format_available(args.format)
     if args.calibration_images <= 0:
         raise UserError(f"--calibration-images must be positive, got {args.calibration_images}")
-    from rslad_tf.evaluation import suite as evaluate
     from rslad_tf.methods import saving
-    from rslad_tf.common import runtime
-    from rslad_tf.data import spec
+    from rslad_tf.common import fileio, runtime
+    from rslad_tf.data import check_model_fits, spec
 
-    run_config = evaluate._run_config_for(args.checkpoint) or {}
+    run_config = fileio.run_config_of(args.checkpoint) or {}
     dataset = args.dataset or run_config.get("dataset") or "digits"
     data_spec = spec(dataset)
     data_dir = args.data_dir or (run_config.get("data_dir")
                                  if dataset == run_config.get("dataset") else None)
     runtime.configure()
     model = saving.load_model(args.checkpoint, what="checkpoint")
-    evaluate._check_model_fits(model, data_spec, f"checkpoint {args.checkpoint!r}")
+    check_model_fits(model, data_spec, f"checkpoint {args.checkpoint!r}",
+                     "pass the right --dataset", require_shapes=False)
     record = export(model, args.format, args.out, dataset=dataset, data_dir=data_dir,
                     calibration_images=args.calibration_images, seed=args.seed,
                     log=lambda m: print(m, file=sys.stderr, flush=True))

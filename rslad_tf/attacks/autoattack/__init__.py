@@ -24,9 +24,8 @@ import time
 
 import numpy as np
 
-# The standard order and the check of a request (versions, option keys) are the
-# reference module's (it imports no TensorFlow): both implementations accept the same.
-from rslad_tf.attacks.autoattack.reference import ATTACK_ORDER_STANDARD, check_request
+# Both implementations accept the same requests (versions, option keys).
+from rslad_tf.attacks.autoattack.request import ATTACK_ORDER_STANDARD, check_request
 
 KNOWN_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 STANDARD = {"n_iter": 100, "n_restarts": 1, "n_queries": 5000, "n_target_classes": 9}

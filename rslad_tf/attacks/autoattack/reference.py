@@ -40,33 +40,12 @@ import time
 
 import numpy as np
 
-ATTACK_ORDER_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+# The attacks pyautoattack knows (its custom version); the request check is shared with
+# the native implementation (`rslad_tf.attacks.autoattack.request`).
 KNOWN_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
-VERSIONS = ("standard", "custom")
 PREFIX = "[autoattack] "
-# Overrides of the reference hyper-parameters: only for fast tests and smoke runs. Any
-# override is recorded in the results, so a non-standard run cannot pass for a standard one.
-OPTION_KEYS = ("n_iter", "n_restarts", "n_queries", "n_target_classes")
-
-
-def check_request(version: str, attacks, options, known_attacks) -> None:
-    """ValueError unless ``version`` is known, ``attacks`` (names in ``known_attacks``) are
-    given exactly for a "custom" run, and ``options`` has only ``OPTION_KEYS``. Shared by
-    this module and the native implementation (`rslad_tf.attacks.autoattack.resolve`)."""
-    if version not in VERSIONS:
-        raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {VERSIONS}")
-    if version == "custom":
-        if not attacks:
-            raise ValueError("a 'custom' AutoAttack run needs a list of attacks")
-        unknown = [a for a in attacks if a not in known_attacks]
-        if unknown:
-            raise ValueError(f"unknown AutoAttack attack(s) {unknown}; choose from "
-                             f"{known_attacks}")
-    elif attacks:
-        raise ValueError("attacks can only be chosen with version='custom'")
-    unknown = sorted(set(options or {}) - set(OPTION_KEYS))
-    if unknown:
-        raise ValueError(f"unknown AutoAttack option(s) {unknown}; choose from {OPTION_KEYS}")
+# The npz key prefix of the hyper-parameter overrides sent to the child (-1: not set).
+OPTION_PREFIX = "opt_"
 
 
 class ReferenceAttackError(RuntimeError):
@@ -105,7 +84,8 @@ def run(model_path: str, x: np.ndarray, y: np.ndarray, *, eps: float,
         version: "standard" (APGD-CE, APGD-T, FAB-T, Square-5000) or "custom" (``attacks``).
         attacks: the attacks of a "custom" run, in order (names of ``pyautoattack``).
         seed, batch_size: passed to AutoAttack; recorded by the caller.
-        options: overrides of reference hyper-parameters (``OPTION_KEYS``), tests only.
+        options: overrides of reference hyper-parameters (``request.OPTION_KEYS``), tests
+            only.
         device: torch device ("cpu", "cuda"); default cuda when available.
         threads: torch CPU threads in the child (default: ``RSLAD_TF_THREADS`` or torch's).
         log: a callable receiving progress lines of the child.
@@ -116,6 +96,10 @@ def run(model_path: str, x: np.ndarray, y: np.ndarray, *, eps: float,
     ``clean_logits`` [N,K] (torch backend), ``seconds`` {attack: s}, ``device``,
     ``versions`` (pyautoattack, torch, keras), ``tensorflow_imported`` (must be False).
     """
+    # Imported here, not at the top: the child runs this file as a script, where importing
+    # the rslad_tf.attacks package would import TensorFlow.
+    from rslad_tf.attacks.autoattack.request import OPTION_KEYS, check_request
+
     version = str(version)
     check_request(version, attacks, options, KNOWN_ATTACKS)
     options = dict(options or {})
@@ -136,11 +120,12 @@ def run(model_path: str, x: np.ndarray, y: np.ndarray, *, eps: float,
             "model_path": np.array(os.path.abspath(model_path)),
             "x": x, "y": y, "eps": np.array(float(eps), np.float64),
             "version": np.array(version), "attacks": np.array(",".join(attacks or [])),
-            "seed": np.array(int(seed), np.int64), "batch_size": np.array(int(batch_size), np.int64),
+            "seed": np.array(int(seed), np.int64),
+            "batch_size": np.array(int(batch_size), np.int64),
             "device": np.array(device or ""), "threads": np.array(int(threads or 0), np.int64),
         }
         for key in OPTION_KEYS:
-            arrays[f"opt_{key}"] = np.array(int(options.get(key, -1)), np.int64)
+            arrays[OPTION_PREFIX + key] = np.array(int(options.get(key, -1)), np.int64)
         with open(in_path, "wb") as f:
             np.savez(f, **arrays)
 
@@ -267,8 +252,8 @@ def _child(in_path: str, out_path: str) -> None:
                                seed=seed, attacks=chosen)
     adversary.logger.setLevel("WARNING")  # its DEBUG progress lines: we log our own
     order = list(adversary.attacks_to_run)
-    _apply_options(adversary, {k: int(args[f"opt_{k}"]) for k in OPTION_KEYS
-                               if int(args[f"opt_{k}"]) >= 0})
+    _apply_options(adversary, {k[len(OPTION_PREFIX):]: int(v) for k, v in args.items()
+                               if k.startswith(OPTION_PREFIX) and int(v) >= 0})
 
     x_adv = x.clone()
     per_attack, seconds = [], []
