@@ -69,10 +69,11 @@ def test_output_shape_and_batchnorm_settings(key):
     model = create(name, num_classes, **kw)
     logits = keras.ops.convert_to_numpy(model(_inputs(), training=False))
     assert logits.shape == (2, num_classes) and np.isfinite(logits).all()
-    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
-    assert bns and all(l.momentum == 0.9 and l.epsilon == 1e-5 for l in bns)
+    bns = [layer for layer in model.layers
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(bn.momentum == 0.9 and bn.epsilon == 1e-5 for bn in bns)
     # Weighted layer names must map back to PyTorch paths ("__" <-> "."): no stray dots.
-    assert all("." not in l.name for l in model.layers)
+    assert all("." not in layer.name for layer in model.layers)
 
 
 def test_stride2_padding_is_symmetric_like_pytorch():
@@ -107,7 +108,7 @@ def test_wrn70_16_normalization_auto_and_none():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(norm(x)),
                                (x - np.array(CIFAR10_MEAN)) / np.array(CIFAR10_STD), atol=1e-5)
     plain = create("wrn70_16", 100, depth=10, widen_factor=1, normalization=None)
-    assert not any(isinstance(l, keras.layers.Normalization) for l in plain.layers)
+    assert not any(isinstance(layer, keras.layers.Normalization) for layer in plain.layers)
     with pytest.raises(ValueError, match="normalization"):
         create("wrn70_16", 100, depth=10, widen_factor=1, normalization="imagenet")
 
@@ -179,7 +180,7 @@ def test_keras_round_trip_tensorflow_and_torch_backend(tmp_path):
         [sys.executable, "-c", _TORCH_BACKEND_CHECK,
          json.dumps({"inputs": str(tmp_path / "inputs.npy"), "models": saved})],
         capture_output=True, text=True, env=env, timeout=300)
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[0][len("RESULT "):])
     print("torch backend, max |logit diff|:", result)

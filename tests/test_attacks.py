@@ -30,12 +30,13 @@ def test_perturbation_within_eps_and_images_in_unit_range(trained_digits_model, 
     assert np.max(np.abs(x_adv - x)) > 0.5 * EPS  # it moved
 
 
-def test_attack_leaves_weights_and_batchnorm_statistics_untouched(trained_digits_model, digits_data):
+def test_attack_leaves_weights_and_batchnorm_statistics_untouched(trained_digits_model,
+                                                                  digits_data):
     x, y = _batch(digits_data)
     before = [w.numpy().copy() for w in trained_digits_model.weights]
     names = [w.path for w in trained_digits_model.weights]
     assert any("moving_mean" in n for n in names)  # the model has BN statistics
-    for name, settings in attacks.PROTOCOL.items():
+    for settings in attacks.PROTOCOL.values():
         settings.run(trained_digits_model, x, y, eps=EPS, seed=0)
     attacks.pgd(trained_digits_model, x, y, eps=EPS, loss="kl", start="normal", seed=0,
                 target_probs=tf.one_hot(y, 10))

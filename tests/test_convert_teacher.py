@@ -482,10 +482,10 @@ def test_user_mistakes_give_one_line(argv, message, tmp_path, capsys, monkeypatc
 
 def test_known_teachers_table():
     for name, entry in ct.KNOWN_TEACHERS.items():
-        assert entry["arch"] in ct.ARCHS
-        assert entry["num_classes"] in (10, 100)
+        assert entry["arch"] in ct.ARCHS, name
+        assert entry["num_classes"] in (10, 100), name
         assert entry["sha256"] is None or (len(entry["sha256"]) == 64
-                                           and int(entry["sha256"], 16) >= 0)
+                                           and int(entry["sha256"], 16) >= 0), name
     assert ct.KNOWN_TEACHERS["model_cifar_wrn.pt"]["arch"] == "wrn34_10"
     assert ct.KNOWN_TEACHERS["cifar100_linf_wrn70-16_without.pt"]["num_classes"] == 100
 

@@ -24,7 +24,9 @@ def log_softmax(z):
 
 def ref_kl_elementwise(b, a, eps=0.0):
     """PyTorch KLDivLoss(a, b) element-wise, optionally with RSLAD's log(b + 1e-5)."""
-    return b * (np.log(b + eps) - a) if eps else np.where(b > 0, b * (np.log(np.where(b > 0, b, 1)) - a), 0)
+    if eps:
+        return b * (np.log(b + eps) - a)
+    return np.where(b > 0, b * (np.log(np.where(b > 0, b, 1)) - a), 0)
 
 
 def ref_ce(logits, y):
@@ -32,7 +34,8 @@ def ref_ce(logits, y):
 
 
 def close(a, b, tol=1e-5):
-    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=tol, atol=tol)
+    np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64),
+                               rtol=tol, atol=tol)
 
 
 def test_rslad_reference_scale_is_mean_over_batch_and_classes():

@@ -54,7 +54,8 @@ def test_save_load_round_trip(name, trained_digits_model, digits_data, tmp_path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     assert type(loaded) is type(method)
     assert loaded.hyperparameters() == method.hyperparameters()
-    assert [v.name for v in loaded.optimizer.variables] == [v.name for v in method.optimizer.variables]
+    assert ([v.name for v in loaded.optimizer.variables]
+            == [v.name for v in method.optimizer.variables])
     for a, b in zip(loaded.optimizer.variables, method.optimizer.variables):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     np.testing.assert_array_equal(loaded.predict(xt[:32], verbose=0),
@@ -102,7 +103,8 @@ def test_iad_is_ard_during_warmup_then_adds_the_introspective_term(trained_digit
     x_adv = iad.attack(x, y, ctx)
     ard_loss = ard.loss_terms(x, x_adv, y, ctx)["loss"].numpy()
     iad.epoch.assign(1)
-    np.testing.assert_allclose(iad.loss_terms(x, x_adv, y, ctx)["loss"].numpy(), ard_loss, rtol=1e-6)
+    np.testing.assert_allclose(iad.loss_terms(x, x_adv, y, ctx)["loss"].numpy(), ard_loss,
+                               rtol=1e-6)
     iad.epoch.assign(2)
     terms = iad.loss_terms(x, x_adv, y, ctx)
     assert terms["loss"].numpy() == pytest.approx(

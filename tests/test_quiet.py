@@ -11,14 +11,21 @@ from rslad_tf.common import quiet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What TensorFlow 2.21 printed on this project's CPU machine before `rslad_tf.common.quiet`.
-STARTUP = """\
-WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
-I0000 00:00:1796163302.174804    4840 port.cc:153] oneDNN custom operations are on. You may see slightly different numerical results due to floating-point round-off errors from different computation orders. To turn them off, set the environment variable `TF_ENABLE_ONEDNN_OPTS=0`.
-I0000 00:00:1796163302.175361    4840 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
-I0000 00:00:1796163325.698291    5159 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use available CPU instructions in performance-critical operations.
-To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild TensorFlow with the appropriate compiler flags.
-E0000 00:00:1796163310.287181    4840 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)
-"""
+STARTUP = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796163302.174804    4840 port.cc:153] oneDNN custom operations are on. "
+    "You may see slightly different numerical results due to floating-point round-off "
+    "errors from different computation orders. To turn them off, set the environment "
+    "variable `TF_ENABLE_ONEDNN_OPTS=0`.\n"
+    "I0000 00:00:1796163302.175361    4840 cudart_stub.cc:31] Could not find cuda "
+    "drivers on your machine, GPU will not be used.\n"
+    "I0000 00:00:1796163325.698291    5159 cpu_feature_guard.cc:227] This TensorFlow "
+    "binary is optimized to use available CPU instructions in performance-critical operations.\n"
+    "To enable the following instructions: AVX2 AVX512F FMA, in other operations, "
+    "rebuild TensorFlow with the appropriate compiler flags.\n"
+    "E0000 00:00:1796163310.287181    4840 cuda_platform.cc:52] failed call to cuInit: "
+    "INTERNAL: CUDA error: Failed call to cuInit: UNKNOWN ERROR (303)\n"
+)
 GENUINE = "W0000 00:00:1796163310.3 4840 op_kernel.cc:1857] OP_REQUIRES failed: out of memory\n"
 
 

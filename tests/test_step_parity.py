@@ -37,14 +37,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from rslad_tf import models
+from rslad_tf.config import presets
+from rslad_tf.data import load_numpy
+from rslad_tf.training.fast_paths import dtype_policy
+from rslad_tf.training.loop import build_method
+
 torch = pytest.importorskip("torch")  # requirements-dev.txt
 
-import torch_reference as ref  # noqa: E402  (tests/torch_reference.py)
-
-from rslad_tf import models
-from rslad_tf.config import presets  # noqa: E402
-from rslad_tf.data import load_numpy  # noqa: E402
-from rslad_tf.training.loop import build_method, dtype_policy  # noqa: E402
+# tests/torch_reference.py imports torch: only after the skip above.
+import torch_reference as ref  # noqa: E402
 
 LOSS_RTOL = 5e-3
 UPDATE_RTOL = 2e-3
@@ -357,6 +359,16 @@ def test_two_steps_match_the_reference_but_for_its_known_difference(name):
     run = ours(name)
     err = errors(run, matching_reference(name, run))
     report(f"{name} vs reference with {MATCHING_REFERENCE[name][0]}", err)
+    assert_parity(err)
+
+
+def test_iad_warmup_step_matches_the_references_warmup():
+    """In its warm-up epochs IAD-I's reference step is ARD's: S(x) runs once in training
+    mode (its introspective loss evaluates S(x) a second time, but only after the warm-up),
+    so BatchNorm's moving statistics move as often as in ARD's step."""
+    run = keras_run("iad")  # the preset's warm-up: the steps are in epoch 0
+    err = errors(run, matching_reference("iad", run, {"introspection": False}))
+    report("iad in its warm-up vs the reference's warm-up", err)
     assert_parity(err)
 
 
