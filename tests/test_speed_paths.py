@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 from rslad_tf import attacks, models
+from rslad_tf.attacks import engine as pgd_module
 from rslad_tf.bench.flops import model_flops, step_flops
 from rslad_tf.bench.profiles import Profile
 from rslad_tf.bench.run import run as run_bench
@@ -26,7 +27,6 @@ from rslad_tf.methods.soft_label_cache import (SoftLabelCache, cache_bytes, num_
                                                variant_ids)
 
 EPS = 0.2
-from rslad_tf.attacks import engine as pgd_module
 
 
 def _cnn(width, seed=0, policy=None):
@@ -418,8 +418,9 @@ def test_uneven_and_empty_shards(trained_digits_model, digits_data, n, shards, s
 def test_sharded_training_attack_trains_bit_identically(trained_digits_model, digits_data,
                                                         default_shards):
     """RSLAD with its attack in 2 shards (the process default the train CLI sets) trains
-    the same student bit for bit over a whole digits epoch (its last batch of 3 too); ARD's train-mode BatchNorm attack is never sharded (its
-    batch statistics would change), so it is unaffected too."""
+    the same student bit for bit over a whole digits epoch (its last batch of 3 too);
+    ARD's train-mode BatchNorm attack is never sharded (its batch statistics would
+    change), so it is unaffected too."""
     from rslad_tf.methods import ARDModel
 
     (x, y), _ = digits_data
