@@ -12,6 +12,7 @@ from typing import List
 from kfp.dsl import Artifact, Input, Markdown, Output
 
 from components.common import component
+from rslad_tf.common import vocabulary
 from rslad_tf.common.errors import UserError
 
 IMPL_TEXT = {"native": "the toolkit's TensorFlow implementation (rslad_tf.attacks.autoattack)",
@@ -147,7 +148,7 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
         settings.append(f"- black-box: transfer attacks crafted on the surrogate {surrogate} "
                         "(trained separately), Square queries the model itself")
     changed = sorted({f"{name} ({_options_text(e['attacks'][name])})" for e in evals
-                      for name in ("autoattack", "square")
+                      for name in vocabulary.AUTOATTACK_COLUMNS
                       if isinstance(e.get("attacks"), dict)
                       and isinstance(e["attacks"].get(name), dict)
                       and e["attacks"][name].get("standard") is False})

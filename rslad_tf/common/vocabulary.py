@@ -66,3 +66,6 @@ WHITE_BOX_SUITE = tuple(c.key for c in EVAL_COLUMNS if not c.black_box)
 WHITE_BOX_ATTACKS = tuple(c.key for c in EVAL_COLUMNS if c.kind == WHITE_BOX)
 BLACK_BOX_COLUMNS = tuple(c.key for c in EVAL_COLUMNS if c.black_box)
 TRANSFER_COLUMNS = tuple(c.key for c in EVAL_COLUMNS if c.kind == TRANSFER)
+# The columns AutoAttack's code runs (Square alone for "square"): they have an
+# implementation (native or reference) and a standard setting.
+AUTOATTACK_COLUMNS = ("autoattack", "square")

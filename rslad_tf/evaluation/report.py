@@ -31,6 +31,9 @@ from rslad_tf.evaluation.result import EvalResult
 COLUMNS = tuple((c.label, c.json_key) for c in vocabulary.EVAL_COLUMNS if not c.black_box)
 BLACK_BOX_COLUMNS = tuple((c.label, c.json_key) for c in vocabulary.EVAL_COLUMNS
                           if c.black_box)
+# The two columns of the clean-against-AutoAttack plot.
+CLEAN_LABEL = vocabulary.COLUMNS_BY_KEY["clean"].label
+AA_LABEL = vocabulary.COLUMNS_BY_KEY["autoattack"].label
 # artifact_format: None for a checkpoint, else the exported artifact's format
 # (`rslad_tf.evaluation.artifact_eval`): each artifact gets its own row, right after its
 # float model.
@@ -315,14 +318,14 @@ def _row_label(row) -> str:
 def plot_clean_vs_aa(rows, path: str) -> str:
     """Scatter of clean against AutoAttack accuracy, one point (with std bars) per row that
     has both. `UserError` when no row has both. Returns ``path``."""
-    points = [r for r in rows if r["columns"].get("Clean") and r["columns"].get("AA")
+    points = [r for r in rows if r["columns"].get(CLEAN_LABEL) and r["columns"].get(AA_LABEL)
               and r.get("source", "ours") == "ours"]
     if not points:
         raise UserError("no result has both clean and AutoAttack accuracy to plot")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for row in points:
-        clean, aa = row["columns"]["Clean"], row["columns"]["AA"]
+        clean, aa = row["columns"][CLEAN_LABEL], row["columns"][AA_LABEL]
         marker = "o" if row.get("checkpoint") != "last" else "s"
         ax.errorbar(clean["mean"], aa["mean"], xerr=clean["std"], yerr=aa["std"], fmt=marker,
                     capsize=3, label=_row_label(row))

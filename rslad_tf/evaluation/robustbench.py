@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 
+from rslad_tf.common import vocabulary
+
 # Architecture names as the leaderboard writes them; other models keep their own name.
 ARCHITECTURES = {"resnet18": "ResNet-18", "resnet50": "ResNet-50",
                  "mobilenetv2": "MobileNetV2", "wrn34_10": "WideResNet-34-10",
@@ -25,6 +27,9 @@ THREAT_MODEL = "Linf"  # every attack of the toolkit is L-infinity
 FORWARD_PASSES = 1
 # RobustBench evaluates on the first 10,000 test points (the whole CIFAR test set).
 FULL_TEST_POINTS = 10000
+# The report's labels of the two columns a leaderboard entry holds.
+CLEAN_LABEL = vocabulary.COLUMNS_BY_KEY["clean"].label
+AA_LABEL = vocabulary.COLUMNS_BY_KEY["autoattack"].label
 
 
 def architecture(model: str) -> str:
@@ -49,10 +54,10 @@ def entry(row: dict, format_eps=str) -> dict:
         notes.append(f"evaluated on the first {', '.join(map(str, n_examples))} test points "
                      f"(RobustBench uses {FULL_TEST_POINTS:,})")
     if row.get("n_runs") and row["n_runs"] > 1:
-        aa = columns.get("AA")
+        aa = columns.get(AA_LABEL)
         spread = f", AutoAttack std {aa['std']:.2f}" if aa else ""
         notes.append(f"mean of {row['n_runs']} training runs{spread}")
-    if columns.get("AA") is None:
+    if columns.get(AA_LABEL) is None:
         notes.append("AutoAttack was not run")
     elif row.get("autoattack_standard") is False:
         notes.append("AutoAttack NOT in its standard version (reduced settings): not "
@@ -65,8 +70,8 @@ def entry(row: dict, format_eps=str) -> dict:
         "dataset": row.get("dataset"),
         "threat_model": THREAT_MODEL,
         "eps": format_eps(row.get("eps")),
-        "clean_acc": _percent(columns.get("Clean")),
-        "autoattack_acc": _percent(columns.get("AA")),
+        "clean_acc": _percent(columns.get(CLEAN_LABEL)),
+        "autoattack_acc": _percent(columns.get(AA_LABEL)),
         "architecture": architecture(row.get("model")),
         "number_forward_passes": FORWARD_PASSES,
         "additional_data": False,

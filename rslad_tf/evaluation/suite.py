@@ -58,8 +58,6 @@ AUTOATTACK_IMPLS = ("native", "reference")
 DEFAULT_AUTOATTACK = "native"
 # A returned adversarial image may sit this far outside the eps ball (float32 rounding).
 BALL_TOLERANCE = 1e-5
-# The columns that run AutoAttack's code (and so pick an implementation).
-AUTOATTACK_COLUMNS = ("autoattack", "square")
 MISMATCH_FIX = "pass the right --dataset"
 
 
@@ -410,7 +408,7 @@ def evaluate(model, *, classifier=None, dataset: str = "digits", data_dir: str |
     check_numbers(n_examples, batch_size, eps, autoattack_batch_size)
     impl = _check_impl(autoattack)
     if (classifier is not None and impl == "reference"
-            and any(a in AUTOATTACK_COLUMNS for a in chosen)):
+            and any(a in vocabulary.AUTOATTACK_COLUMNS for a in chosen)):
         raise UserError("the reference AutoAttack runs a .keras file under PyTorch; a "
                         "separate classifier (an exported artifact) is attacked by the "
                         "native implementation only: use autoattack='native'")
