@@ -104,3 +104,12 @@ def test_missing_and_invalid_teacher_are_one_line(tmp_path):
         assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
         assert done.stderr.startswith("error: teacher file") and message in done.stderr
         assert not os.path.exists(tmp_path / "o")
+
+
+def test_bench_package_command_line_errors_in_one_line():
+    """`python -m rslad_tf.bench` runs the package's `__main__`; a bad count is refused
+    before TensorFlow starts, in one line, with nothing on stdout."""
+    done = _run(["-m", "rslad_tf.bench", "--repeats", "0"])
+    assert done.returncode == 2
+    assert done.stderr == "error: --repeats must be positive\n"
+    assert done.stdout == ""
