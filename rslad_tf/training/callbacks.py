@@ -81,9 +81,9 @@ class StepGuard(keras.callbacks.Callback):
 
 
 class Float32Student(keras.callbacks.Callback):
-    """``model``: the student as evaluation and checkpoints see it, in float32. Without
-    mixed precision that is the student itself; with it, a float32 copy of the student's
-    weights, refreshed at the end of every epoch."""
+    """``model_f32``: the student as evaluation and checkpoints see it, in float32.
+    Without mixed precision that is the student itself; with it, a float32 copy of the
+    student's weights, refreshed at the end of every epoch."""
 
     def __init__(self, config: presets.TrainConfig, student):
         super().__init__()
