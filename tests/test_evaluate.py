@@ -222,6 +222,15 @@ def test_a_model_that_ignores_its_input_keeps_every_point_it_gets_right(digits_d
     assert all(v == pytest.approx(expected) for v in r["autoattack_per_attack"].values())
 
 
+def test_a_separate_classifier_is_attacked_by_the_native_autoattack_only(
+        trained_digits_model):
+    """The reference implementation loads a .keras file: it cannot run an artifact."""
+    for name in ("autoattack", "square"):
+        with pytest.raises(ev.UserError, match="native implementation only"):
+            ev.evaluate(trained_digits_model, classifier=trained_digits_model,
+                        attacks=["clean", name], autoattack="reference")
+
+
 # -- float32 ----------------------------------------------------------------------------------
 def test_a_mixed_precision_model_is_evaluated_in_float32(digits_data):
     import keras

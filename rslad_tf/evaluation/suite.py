@@ -137,11 +137,11 @@ class _Run:
     seed: int
     batch_size: int  # our attacks' and the re-classification's
     aa_batch_size: int  # AutoAttack's and Square's
-    impl: str
-    version: str
+    impl: str  # AutoAttack's and Square's implementation: "native" or "reference"
+    version: str  # AutoAttack's version, attacks of a "custom" one, option overrides
     aa_attacks: list | None
     options: dict | None
-    threads: int | None
+    threads: int | None  # torch CPU threads of the reference child
     log: object
     reference_file: object  # () -> the .keras file the reference implementation loads
     clean_pred: np.ndarray | None = None
