@@ -64,8 +64,8 @@ def test_several_seeds_become_mean_and_std(evals):
 def test_markdown_layout_and_missing_columns(evals):
     text = report.render(report.build_table(evals), "md")
     lines = text.splitlines()
-    assert lines[0] == ("| Source | Dataset | Model | Method | Checkpoint | eps | Runs | Clean | FGSM | "
-                        "PGD_SAT | PGD_TRADES | CW_inf | AA |")
+    assert lines[0] == ("| Source | Dataset | Model | Method | Checkpoint | eps | Runs | Clean | "
+                        "FGSM | PGD_SAT | PGD_TRADES | CW_inf | AA |")
     sat = next(line for line in lines if "| sat |" in line)
     assert sat.rstrip().endswith("| 48.50 | - |")
     rslad = next(line for line in lines if "| rslad | best |" in line)

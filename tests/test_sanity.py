@@ -42,7 +42,8 @@ def test_healthy_model_has_no_zero_gradient_warning(trained_digits_model):
     assert steps["20"] <= steps["5"] + sanity.TOLERANCE
 
 
-@pytest.mark.parametrize("steps,warned", [({5: 40.0, 20: 30.0}, False), ({5: 30.0, 20: 45.0}, True)])
+@pytest.mark.parametrize("steps,warned", [({5: 40.0, 20: 30.0}, False),
+                                          ({5: 30.0, 20: 45.0}, True)])
 def test_accuracy_rising_with_steps_is_flagged(steps, warned):
     warnings = sanity.masking_warnings({"pgd_sat_acc": 30.0}, 0.0, steps)
     assert any("rises with more steps" in w for w in warnings) == warned
