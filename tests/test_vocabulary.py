@@ -99,3 +99,18 @@ def test_report_reads_old_files_and_refuses_newer_schemas(tmp_path):
     missing.write_text(json.dumps({"model": "m", "clean_acc": 1.0}))
     with pytest.raises(UserError, match="missing dataset"):
         report.load_evals([str(missing)])
+
+
+@pytest.mark.parametrize("module,step", [("components.evaluate_whitebox", "evaluate_whitebox"),
+                                         ("components.evaluate_blackbox", "evaluate_blackbox"),
+                                         ("components.export_student", "export_student")])
+def test_kfp_step_literals_are_the_vocabulary_columns(module, step):
+    """kfp runs a wrapper's source alone, so its default is a literal: it must stay the
+    columns its function takes from the vocabulary."""
+    import importlib
+    import inspect
+
+    mod = importlib.import_module(module)
+    default = inspect.signature(getattr(mod, step).python_func).parameters["attacks"].default
+    assert default == mod.DEFAULT_ATTACKS
+    assert set(default.split(",")) <= set(vocabulary.COLUMN_KEYS)
