@@ -1,6 +1,7 @@
 # Two commands: `make demo` and `make test`. Each creates .venv from the pinned
 # requirements when it is missing (or when they changed); `make test` adds
-# requirements-dev.txt (pytest and the PyTorch reference AutoAttack the tests compare with).
+# requirements-dev.txt (pytest, ruff, and the PyTorch reference AutoAttack the tests
+# compare with); it lints the tree with ruff before running the tests.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/python -m pipelines.demo
 
 test: $(DEV_STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 test-slow: $(DEV_STAMP)
