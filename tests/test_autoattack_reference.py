@@ -182,3 +182,10 @@ def test_the_toolkit_side_imports_no_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=reference._package_root())
     assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+def test_the_child_path_is_the_folder_that_holds_the_package():
+    # The child runs reference.py as a script with this folder on PYTHONPATH; after a move
+    # of the module a wrong count of parent folders would put a package folder there.
+    root = reference._package_root()
+    assert os.path.isfile(os.path.join(root, "rslad_tf", "__init__.py"))

@@ -56,8 +56,11 @@ class ReferenceAttackError(RuntimeError):
 # Parent side (no TensorFlow, no PyTorch needed)
 # --------------------------------------------------------------------------------------
 def _package_root() -> str:
-    # .../<root>/rslad_tf/attacks/autoattack_reference.py -> <root>
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    # The folder that holds the `rslad_tf` package: <root>/rslad_tf/attacks/autoattack/reference.py
+    here = os.path.abspath(__file__)
+    for _ in range(4):
+        here = os.path.dirname(here)
+    return here
 
 
 def default_threads() -> int:
