@@ -28,7 +28,7 @@ demo: $(STAMP)
 
 test: $(DEV_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-slow: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m slow
