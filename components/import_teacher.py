@@ -64,6 +64,7 @@ def normalise_sha256(expected: str) -> str | None:
 def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
                       expected_sha256: str = "", trained_dir: str = "", log=print) -> dict:
     """Write the checked teacher into the Model artifact ``out_dir``; returns its info."""
+    from rslad_tf import models
     from rslad_tf.common import fileio
     from rslad_tf.methods import saving
 
@@ -106,9 +107,9 @@ def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
         log(f"teacher SHA-256 matches {expected}")
     info.update(role="teacher", expected_sha256=expected, dataset=manifest["dataset"],
                 model_name=info.get("model_name") or teacher.name,
-                params=int(teacher.count_params()))
+                params=models.trainable_parameters(teacher))
     info = write_model_artifact(out_dir, local, info, copy=not uri)
-    log(f"teacher {info['model_name']} ({info['params']:,} parameters), SHA-256 "
+    log(f"teacher {info['model_name']} ({info['params']:,} trainable parameters), SHA-256 "
         f"{info['sha256']}")
     return info
 

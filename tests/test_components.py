@@ -10,6 +10,8 @@ import json
 import os
 import shutil
 
+import keras
+import numpy as np
 import pytest
 
 from components.common import (DATASET_MANIFEST, MODEL_FILE, MODEL_INFO, model_file,
@@ -192,6 +194,11 @@ def test_import_teacher_from_a_path_with_sha256(tmp_path, data_dir, trained_dir)
     assert info["sha256"] == digest and info["source"] == source
     assert info["expected_sha256"] == digest
     assert model_file(out) == os.path.join(out, MODEL_FILE)
+    # Its parameter count is the one the report's table shows (trainable weights only):
+    # the small CNN's BatchNorm moving statistics are state, not parameters.
+    teacher = keras.saving.load_model(source, compile=False)
+    trainable = sum(int(np.prod(w.shape)) for w in teacher.trainable_weights)
+    assert info["params"] == trainable < teacher.count_params()
     # file:// works too.
     info = import_teacher_fn(data_dir, str(tmp_path / "imported2"), uri="file://" + source,
                              log=quiet)

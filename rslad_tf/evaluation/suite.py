@@ -401,6 +401,7 @@ def evaluate(model, *, classifier=None, dataset: str = "digits", data_dir: str |
             label or name).
     """
     from rslad_tf.data import check_model_fits, load_numpy, spec
+    from rslad_tf import models
     from rslad_tf.methods import saving
 
     say = log or (lambda *_: None)
@@ -451,7 +452,7 @@ def evaluate(model, *, classifier=None, dataset: str = "digits", data_dir: str |
         checkpoint_path=os.path.abspath(checkpoint_path) if checkpoint_path else None,
         eps=eps,
         n_examples=n,
-        params=int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        params=models.trainable_parameters(model),
         seed=int(seed),
         batch_size=int(batch_size),
         autoattack_impl=impl,

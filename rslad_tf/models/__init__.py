@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Callable
 
 import keras
+import numpy as np
 
 _REGISTRY: dict[str, Callable[..., keras.Model]] = {}
 
@@ -50,5 +51,11 @@ def create(name: str, num_classes: int, input_shape=(32, 32, 3), **kwargs) -> ke
 
 
 # Builders register themselves on import.
+def trainable_parameters(model) -> int:
+    """The number of trainable weights of ``model``: what tables call its parameters
+    (BatchNorm's moving statistics are state, not parameters)."""
+    return int(sum(int(np.prod(w.shape)) for w in model.trainable_weights))
+
+
 from rslad_tf.models import small_cnn  # noqa: E402,F401
 from rslad_tf.models import resnet, mobilenetv2, wrn  # noqa: E402,F401
