@@ -6,7 +6,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
+
+from rslad_tf.common.quiet import import_tensorflow  # noqa: E402
+
+# TensorFlow's C++ start-up lines would otherwise land on the test run's stderr.
+tf = import_tensorflow()
 
 # Oversubscribing 2 cores makes CPU TensorFlow many times slower. `make test` runs two
 # pytest-xdist workers (most tests are short and bound by Python and TensorFlow start-up,
