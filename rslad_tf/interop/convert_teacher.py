@@ -245,24 +245,18 @@ def _weight_slot(layer, param: str):
     if issubclass(kind, keras.layers.BatchNormalization):
         var = by_name.get(_BN.get(param, ""))
         return (var, lambda a: a, None) if var is not None else None
-    if issubclass(kind, keras.layers.DepthwiseConv2D):
-        if param == "weight":
-            return by_name["kernel"], lambda a: a.transpose(2, 3, 0, 1), (2, 3, 0, 1)
-        if param == "bias" and "bias" in by_name:
-            return by_name["bias"], lambda a: a, None
-        return None
-    if issubclass(kind, keras.layers.Conv2D):
-        if param == "weight":
-            return by_name["kernel"], lambda a: a.transpose(2, 3, 1, 0), (3, 2, 0, 1)
-        if param == "bias" and "bias" in by_name:
-            return by_name["bias"], lambda a: a, None
-        return None
-    if issubclass(kind, keras.layers.Dense):
-        if param == "weight":
-            return by_name["kernel"], lambda a: a.T, (1, 0)
-        if param == "bias" and "bias" in by_name:
-            return by_name["bias"], lambda a: a, None
-        return None
+    # Per kernel layer: the axes that turn the torch weight into the Keras kernel, and the
+    # torch shape's axes read from the Keras kernel's shape.
+    kernel_layouts = ((keras.layers.DepthwiseConv2D, (2, 3, 0, 1), (2, 3, 0, 1)),
+                      (keras.layers.Conv2D, (2, 3, 1, 0), (3, 2, 0, 1)),
+                      (keras.layers.Dense, (1, 0), (1, 0)))
+    for layer_type, to_keras, torch_axes in kernel_layouts:
+        if issubclass(kind, layer_type):
+            if param == "weight":
+                return by_name["kernel"], lambda a, axes=to_keras: a.transpose(axes), torch_axes
+            if param == "bias" and "bias" in by_name:
+                return by_name["bias"], lambda a: a, None
+            return None
     return None
 
 
