@@ -20,6 +20,7 @@ from components.evaluate_whitebox import evaluate_whitebox
 from components.export_student import export_student
 from components.import_teacher import import_teacher
 from components.make_report import make_report
+from components.plan_sweep import plan_sweep
 from components.prepare_data import prepare_data
 from components.train_teacher import train_surrogate, train_teacher
 
@@ -33,6 +34,7 @@ ALL = {
     "evaluate_blackbox": evaluate_blackbox,
     "export_student": export_student,
     "make_report": make_report,
+    "plan_sweep": plan_sweep,
 }
 
 

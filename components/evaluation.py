@@ -85,11 +85,22 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
                       log=log, **extra)
     result = dict(result)
     result["model_sha256"] = info.get("sha256")
+    result.update(run_identity(info))
     if surrogate_path:
         result["surrogate_model"] = surrogate_info.get("model_name")
         result["surrogate_sha256"] = surrogate_info.get("sha256")
     fileio.write_json(out_file, result)
     return result
+
+
+def run_identity(info: dict) -> dict:
+    """What tells the runs of a sweep apart in an eval JSON, from the model's artifact
+    info: its training seed and, for a grid cell, the cell's label (the report groups on
+    it and lists every seed's row)."""
+    identity = {"train_seed": info.get("seed")}
+    if info.get("grid_cell"):
+        identity["grid_cell"] = info["grid_cell"]
+    return identity
 
 
 def log_metrics(metrics, result: dict) -> None:

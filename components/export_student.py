@@ -58,7 +58,7 @@ def export_student_fn(dataset_dir: str, model_dir: str, surrogate_dir: str, out_
         fileio.write_json(results_file, [])
         return []
     from components.common import check_model_fits, parse_list, read_dataset, tagged
-    from components.evaluation import parse_reference_options
+    from components.evaluation import parse_reference_options, run_identity
     from components.training import load_model_artifact
     from rslad_tf.evaluation.artifact_eval import evaluate_artifact
 
@@ -90,7 +90,7 @@ def export_student_fn(dataset_dir: str, model_dir: str, surrogate_dir: str, out_
             eps=float(epsilon) or None, seed=int(seed), autoattack_options=options or None,
             method=info.get("method"), model_name=info.get("model_name"),
             checkpoint=info.get("checkpoint"), log=log)
-        result.update(model_sha256=info.get("sha256"), export=record)
+        result.update(model_sha256=info.get("sha256"), export=record, **run_identity(info))
         records.append(record)
         results.append(result)
     fileio.write_json(os.path.join(out_dir, EXPORTS_FILE), records)

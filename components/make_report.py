@@ -18,8 +18,10 @@ from rslad_tf.common.errors import UserError
 IMPL_TEXT = {"native": "the toolkit's TensorFlow implementation (rslad_tf.attacks.autoattack)",
              "reference": "the reference code (pyautoattack) under Keras' torch backend"}
 # What identifies one evaluated model: its white-box and black-box results merge on it.
-# An exported artifact's eval (export_student) is a row of its own, after its float model.
-ROW_KEY = ("dataset", "method", "model", "checkpoint", "artifact_format")
+# An exported artifact's eval (export_student) is a row of its own, after its float model;
+# in a sweep the training seed and the grid cell tell the runs of one method apart.
+ROW_KEY = ("dataset", "method", "model", "checkpoint", "artifact_format", "train_seed",
+           "grid_cell")
 
 
 def _load_eval(path: str) -> dict:
@@ -160,6 +162,13 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
     if impls:
         settings.append("- AutoAttack and Square: " + ", ".join(IMPL_TEXT.get(i, i)
                                                                 for i in impls))
+    seeds = sorted({e["train_seed"] for e in evals if e.get("train_seed") is not None})
+    grid = sorted({e["grid_cell"] for e in evals if e.get("grid_cell")})
+    if len(seeds) > 1 or grid:
+        settings.append(f"- sweep: training seeds {', '.join(map(str, seeds))}; grid cells "
+                        f"{', '.join(grid) or '(preset)'}. Each row is one method and cell: "
+                        "mean ± sample standard deviation over its seeds (Runs); every run "
+                        "is listed under the table")
     settings.append("- accuracies in percent; AA = AutoAttack (APGD-CE, APGD-T, FAB-T, "
                     "Square)")
     if any(e.get("artifact_format") for e in evals):
@@ -167,7 +176,13 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
                         "are the float student's adversarial images classified by the "
                         "artifact, Square queries the artifact itself; Size on disk, CPU "
                         "latency per image at batch 1 (median)")
-    text = "\n".join([f"# {title}", "", *settings, "", table_md.rstrip(), "",
+    runs = []
+    if any(row.get("grid_cell") or (row.get("n_runs") or 0) > 1 for row in rows):
+        # A sweep: the table above holds mean ± sample std per cell; here is every run.
+        runs = ["## Every run", "", "One line per trained student and checkpoint: the "
+                "numbers the means and standard deviations above are made of.", "",
+                report.render_runs(rows).rstrip(), ""]
+    text = "\n".join([f"# {title}", "", *settings, "", table_md.rstrip(), "", *runs,
                       "![clean vs AutoAttack accuracy](data:image/png;base64,"
                       + base64.b64encode(png_bytes).decode("ascii") + ")", ""])
     fileio.write_text(report_file, text)

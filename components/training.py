@@ -56,12 +56,14 @@ def student_preset_name(dataset: str, method: str, model: str = "") -> str:
 def apply_overrides(config, manifest: dict, *, method: str = "", model: str = "",
                     epochs: int = 0, epsilon: float = 0.0, attack_steps: int = 0,
                     max_steps: int = 0, batch_size: int = 0, seed: int = 0,
-                    eval_n_examples: int = 0):
+                    eval_n_examples: int = 0, sets: dict | None = None,
+                    what: str = ""):
     """The preset with the pipeline's overrides (0 / "" keep the preset's value), applied
     by `rslad_tf.config.overrides.apply`: the same rule as ``python -m rslad_tf.train``. A new
     ``method`` starts from its reference settings; a new ``epochs`` scales the LR
     milestones, the selection interval and IAD's warm-up with it; a new ``epsilon`` keeps
-    the preset's step / eps ratio."""
+    the preset's step / eps ratio. ``sets``: ``--set`` keys of a sweep's grid cell, applied
+    in the same call and winning over the values above; ``what`` names them in errors."""
     from rslad_tf.config import overrides
     from rslad_tf.config.presets import PresetError
 
@@ -73,10 +75,11 @@ def apply_overrides(config, manifest: dict, *, method: str = "", model: str = ""
                "attack_steps": int(attack_steps) or None, "max_steps": int(max_steps) or None,
                "batch_size": int(batch_size) or None,
                "eval_n_examples": int(eval_n_examples) or None}
+    changes.update(sets or {})
     try:
         return overrides.apply(config, changes)
     except PresetError as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(f"{what}: {exc}" if what else str(exc)) from None
 
 
 def describe_model(config) -> str:
@@ -99,9 +102,11 @@ def load_model_artifact(path: str, what: str = "model"):
 
 
 def run_training(config, out_dir: str, *, role: str, teacher=None, teacher_info=None,
-                 checkpoint: str = "best", log=print) -> dict:
+                 checkpoint: str = "best", extra_info: dict | None = None,
+                 log=print) -> dict:
     """Train ``config`` with the run directory in ``out_dir/run``, then put the chosen
-    checkpoint into ``out_dir/model.keras``. Returns the artifact's info."""
+    checkpoint into ``out_dir/model.keras``. Returns the artifact's info (``extra_info``
+    added to it, e.g. a sweep's grid cell)."""
     from rslad_tf.training import loop as training
 
     if checkpoint not in CHECKPOINTS:
@@ -126,6 +131,7 @@ def run_training(config, out_dir: str, *, role: str, teacher=None, teacher_info=
     if teacher_info:
         info["teacher_sha256"] = teacher_info.get("sha256")
         info["teacher_model"] = teacher_info.get("model_name") or teacher_info.get("model")
+    info.update(extra_info or {})
     return write_model_artifact(out_dir, source, info)
 
 

@@ -132,6 +132,26 @@ def _check_methods(values: list) -> None:
         raise UserError(f"--param methods lists a method twice: {values}")
 
 
+def check_sweep(name: str, value):
+    """``seeds`` as integers, and ``grid``'s cells checked (`components.plan_sweep`): a
+    bad seed or an unknown grid key is one line here, before a run is created."""
+    from components.plan_sweep import parse_grid, parse_seeds
+
+    if name == "seeds":
+        return parse_seeds(value) if value else []
+    parse_grid(value)
+    return value
+
+
+def check_value(name: str, value) -> None:
+    """The checks `parse_param` makes of a parsed value, for values that come as data (a
+    study's): methods by name, seeds as integers, grid keys."""
+    if name == "methods":
+        _check_methods(value)
+    if name in ("seeds", "grid"):
+        check_sweep(name, value)
+
+
 def parse_param(text: str, params: dict) -> tuple[str, object]:
     """``NAME=VALUE`` as ``(name, value)``, the value of the type the pipeline declares for
     ``name`` (``params``: `definitions` of the spec). Strings are taken verbatim; lists
@@ -140,6 +160,10 @@ def parse_param(text: str, params: dict) -> tuple[str, object]:
     name = name.strip()
     if not eq or not name:
         raise UserError(f"--param {text!r}: expected NAME=VALUE, e.g. --param epochs=3")
+    if name not in params and name in ("seeds", "grid"):
+        raise UserError(f"--param {name}: this pipeline package was compiled without "
+                        "sweeps; compile it with `compile --sweep` (or submit without "
+                        "--package)")
     if name not in params:
         close = difflib.get_close_matches(name, params, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -148,6 +172,8 @@ def parse_param(text: str, params: dict) -> tuple[str, object]:
     parsed = _typed(name, value, params[name].get("parameterType", "STRING"))
     if name == "methods":
         _check_methods(parsed)
+    if name in ("seeds", "grid"):
+        parsed = check_sweep(name, parsed)
     return name, parsed
 
 

@@ -1,10 +1,12 @@
 """The RSLAD pipeline: data, teacher, surrogate, every method in parallel, white- and
 black-box evaluation, the paper's table.
 
-    python -m pipelines.rslad_pipeline compile --out rslad.yaml [--image NAME]
+    python -m pipelines.rslad_pipeline compile --out rslad.yaml [--image NAME] [--sweep]
+        [--study NAME]
     python -m pipelines.rslad_pipeline run-local [--preset digits] [--out DIR] [--epochs N]
+        [--seeds 0,1,2] [--grid JSON] [--study NAME]
     python -m pipelines.rslad_pipeline submit --host URL [--namespace NS] [--token-file F]
-        [--param name=value ...] [--wait] [--dry-run]          (docs/cluster.md)
+        [--param name=value ...] [--study NAME] [--wait] [--dry-run]   (docs/cluster.md)
     python -m pipelines.rslad_pipeline follow --host URL --run-id ID
     python -m pipelines.rslad_pipeline params
 
@@ -18,6 +20,12 @@ Graph::
 
 The teacher from ``import_teacher`` is evaluated white-box too (``evaluate-teacher``): its
 row heads the report's table.
+
+A sweep (docs/pipeline.md, "Sweeps and studies"; the run parameters ``seeds`` and
+``grid``, named studies in pipelines/studies.py) is the same graph with a ``plan_sweep``
+step in front of the loop, which then runs over the cells methods x seeds x grid instead
+of the methods; the report gives each (method, cell) mean ± sample std over its seeds and
+lists every run. Without seeds and grid the graph is the one above.
 
 Design notes (kfp 2.17.3):
 
@@ -42,6 +50,7 @@ import argparse
 import builtins
 import contextlib
 import datetime
+import json
 import logging
 import os
 import re
@@ -68,19 +77,18 @@ ReportOutputs = NamedTuple("ReportOutputs", [("report", Markdown), ("table", Art
 
 
 def make_pipeline(image: str | None = None, *, accelerators: bool = True,
-                  parallelism: int = 0):
+                  parallelism: int = 0, sweep: bool = False):
     """The pipeline function, its components built for ``image``.
 
     ``accelerators``: request ``accelerator_count`` x ``accelerator_type`` on the training
-    and evaluation steps (off for a CPU-only cluster). ``parallelism``: how many methods run
-    at once (0: all).
+    and evaluation steps (off for a CPU-only cluster). ``parallelism``: how many students
+    train at once (0: all). ``sweep``: the sweep graph (a ``plan-sweep`` step, then one
+    student per cell of methods x ``seeds`` x ``grid``, see `components.plan_sweep`),
+    with the run parameters ``seeds`` and ``grid``; without it the graph and parameters
+    are those of a single seed and no grid (one student per method).
     """
     c = components.build(image)
 
-    @dsl.pipeline(name=PIPELINE_NAME,
-                  description="Robust Soft Label Adversarial Distillation (RSLAD, ICCV 2021) "
-                              "against natural, SAT, TRADES, ARD and IAD students: white- "
-                              "and black-box robustness, the paper's table.")
     def rslad_pipeline(
         dataset: str = "digits",
         data_dir: str = "",
@@ -102,6 +110,9 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         epsilon: float = 0.0,
         attack_steps: int = 0,
         seed: int = 0,
+        # kfp compiles the default into the spec and never mutates it.
+        seeds: List[int] = [],  # noqa: B006
+        grid: str = "",
         checkpoint: str = "best",
         select_n_examples: int = 0,
         eval_n_examples: int = 0,
@@ -123,7 +134,9 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         they were changed). ``autoattack_impl``: "native" (the toolkit's TensorFlow
         AutoAttack and Square) or "reference" (pyautoattack); "" = the suite's default.
         ``export_formats``: comma-separated artifacts to export and evaluate per student
-        (saved_model, litert, litert-int8, onnx; docs/export.md); "" = none."""
+        (saved_model, litert, litert-int8, onnx; docs/export.md); "" = none. Sweeps
+        (docs/pipeline.md): ``seeds`` the students' training seeds ([] = ``seed``),
+        ``grid`` a JSON list of ``--set`` override objects, one cell each ("" = none)."""
         device = dict(device_type=accelerator_type,
                       device_count=accelerator_count if accelerators else 0)
         train_args = dict(epsilon=epsilon, attack_steps=attack_steps, max_steps=max_steps,
@@ -154,29 +167,46 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
                                       **train_args)
         accelerate(surrogate.set_display_name("train-surrogate"), cache=False)
 
-        with dsl.ParallelFor(methods, parallelism=parallelism) as method:
+        if sweep:
+            plan = c.plan_sweep(methods=methods, seeds=seeds, seed=seed, grid=grid,
+                                dataset=dataset, student_model=student_model,
+                                epsilon=epsilon)
+            plan.set_display_name("plan-sweep")
+            loop = dsl.ParallelFor(plan.output, parallelism=parallelism)
+        else:
+            loop = dsl.ParallelFor(methods, parallelism=parallelism)
+        with loop as item:
+            if sweep:
+                # A cell: its method, seed, overrides and the radius it is evaluated at.
+                method, student_seed, cell_epsilon = item.method, item.seed, item.epsilon
+                cell = dict(overrides=item.overrides, grid_cell=item.grid_cell)
+            else:
+                method, student_seed, cell_epsilon, cell = item, seed, epsilon, {}
+            cell_eval_args = dict(eval_args, epsilon=cell_epsilon)
             student = c.distill_student(data=data.outputs["data"],
                                         teacher=teacher.outputs["teacher"], method=method,
-                                        model=student_model, epochs=epochs, seed=seed,
-                                        **train_args)
+                                        model=student_model, epochs=epochs,
+                                        **dict(train_args, seed=student_seed), **cell)
             accelerate(student.set_display_name("distill-student"), cache=False)
             whitebox = c.evaluate_whitebox(data=data.outputs["data"],
                                            model=student.outputs["student"],
                                            attacks=whitebox_attacks,
-                                           autoattack_options=autoattack_options, **eval_args)
+                                           autoattack_options=autoattack_options,
+                                           **cell_eval_args)
             accelerate(whitebox.set_display_name("evaluate-whitebox"), cache=True)
             blackbox = c.evaluate_blackbox(data=data.outputs["data"],
                                            model=student.outputs["student"],
                                            surrogate=surrogate.outputs["surrogate"],
                                            attacks=blackbox_attacks,
-                                           square_options=square_options, **eval_args)
+                                           square_options=square_options, **cell_eval_args)
             accelerate(blackbox.set_display_name("evaluate-blackbox"), cache=True)
             # Deployment artifacts, evaluated as they ship (CPU: no accelerator).
             exported = c.export_student(data=data.outputs["data"],
                                         model=student.outputs["student"],
                                         surrogate=surrogate.outputs["surrogate"],
                                         formats=export_formats, n_examples=eval_n_examples,
-                                        epsilon=epsilon, batch_size=eval_batch_size, seed=seed,
+                                        epsilon=cell_epsilon, batch_size=eval_batch_size,
+                                        seed=seed,
                                         square_options=square_options)
             exported.set_display_name("export-student").set_caching_options(True)
 
@@ -194,12 +224,42 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         return ReportOutputs(report=report.outputs["report"], table=report.outputs["table"],
                              plot=report.outputs["plot"])
 
-    return rslad_pipeline
+    func = rslad_pipeline if sweep else _without_parameters(rslad_pipeline, SWEEP_PARAMETERS)
+    return dsl.pipeline(name=PIPELINE_NAME,
+                        description="Robust Soft Label Adversarial Distillation (RSLAD, ICCV "
+                                    "2021) against natural, SAT, TRADES, ARD and IAD "
+                                    "students: white- and black-box robustness, the paper's "
+                                    "table.")(func)
+
+
+# The run parameters only the sweep graph declares (`make_pipeline(sweep=True)`).
+SWEEP_PARAMETERS = ("seeds", "grid")
+
+
+def _without_parameters(pipeline_func, names):
+    """``pipeline_func`` as kfp sees it without the parameters ``names`` (which then keep
+    their defaults): kfp reads a pipeline's parameters from its signature and calls it
+    with them positionally."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(pipeline_func)
+    kept = [p for p in signature.parameters.values() if p.name not in names]
+
+    @functools.wraps(pipeline_func)
+    def wrapper(*args, **kwargs):
+        return pipeline_func(**dict(zip((p.name for p in kept), args)), **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=kept)
+    return wrapper
 
 
 def compile_pipeline(out: str, image: str | None = None, *, accelerators: bool = True,
-                     parallelism: int = 0) -> str:
-    """Write the pipeline's YAML (IR) to ``out``; returns the path."""
+                     parallelism: int = 0, sweep: bool = False,
+                     defaults: dict | None = None) -> str:
+    """Write the pipeline's YAML (IR) to ``out``; returns the path. ``sweep``: the sweep
+    graph (`make_pipeline`); ``defaults``: run parameters compiled in as the defaults
+    (a study's)."""
     from kfp import compiler
 
     if not out.endswith((".yaml", ".yml", ".json")):
@@ -208,7 +268,8 @@ def compile_pipeline(out: str, image: str | None = None, *, accelerators: bool =
     if not os.path.isdir(directory):
         raise UserError(f"directory {directory!r} of --out does not exist")
     compiler.Compiler().compile(
-        make_pipeline(image, accelerators=accelerators, parallelism=parallelism), out)
+        make_pipeline(image, accelerators=accelerators, parallelism=parallelism,
+                      sweep=sweep), out, pipeline_parameters=defaults or None)
     return out
 
 
@@ -246,10 +307,36 @@ def _find_outputs(run_root: str) -> dict:
     return found
 
 
+def is_sweep(params: dict) -> bool:
+    """Whether ``params`` ask for the sweep graph: seeds or a grid given."""
+    return bool(params.get("seeds")) or bool(str(params.get("grid") or "").strip())
+
+
+def sweep_cells(params: dict) -> list[dict]:
+    """The cells (`components.plan_sweep.plan_cells_fn`) of a run's parameters."""
+    from components.plan_sweep import plan_cells_fn
+
+    return plan_cells_fn(params.get("methods", PAPER_METHODS), params.get("seeds") or [],
+                         int(params.get("seed") or 0), params.get("grid") or "",
+                         float(params.get("epsilon") or 0.0))
+
+
 def count_steps(params: dict) -> int:
     """Steps a run executes: data, teacher (train, import, white-box evaluation),
-    surrogate, report, and four per method (train, white-box, black-box, export)."""
+    surrogate, report, and four per method (train, white-box, black-box, export); in a
+    sweep, the plan and four per cell."""
+    if is_sweep(params):
+        return 7 + 4 * len(sweep_cells(params))
     return 6 + 4 * len(params.get("methods", PAPER_METHODS))
+
+
+def check_sweep(params: dict) -> None:
+    """A sweep's cells applied to their presets here (`check_cells_apply`), so a bad grid
+    key or value is one line before the run starts."""
+    from components.plan_sweep import check_cells_apply
+
+    check_cells_apply(sweep_cells(params), params.get("dataset") or "digits",
+                      params.get("student_model") or "")
 
 
 @contextlib.contextmanager
@@ -292,15 +379,21 @@ def run_local(out_dir: str, params: dict, *, image: str | None = None, threads: 
 
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise UserError(f"{out_dir!r} is not empty; choose another --out")
+    params = dict(params)
+    sweep = is_sweep(params)
+    if sweep:
+        check_sweep(params)
+    else:
+        for name in SWEEP_PARAMETERS:  # empty: the graph without sweeps has no such input
+            params.pop(name, None)
     os.makedirs(out_dir, exist_ok=True)
     root = os.path.abspath(os.path.join(out_dir, "pipeline_root"))
     workspace = os.path.abspath(os.path.join(out_dir, "workspace"))
     os.makedirs(workspace, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                workspace_root=workspace, raise_on_error=True)
-    pipeline = make_pipeline(image, accelerators=True)
+    pipeline = make_pipeline(image, accelerators=True, sweep=sweep)
     # The local runner ignores resource requests: do not let the steps expect a GPU.
-    params = dict(params)
     params.setdefault("accelerator_count", 0)
     log_path = os.path.join(out_dir, "pipeline.log")
     stdout, builtin_print = sys.stdout, builtins.print
@@ -347,12 +440,46 @@ def run_local(out_dir: str, params: dict, *, image: str | None = None, threads: 
 
 
 def local_params(preset: str, overrides: dict) -> dict:
+    """The local preset's parameters with ``overrides`` (None values skipped)."""
     if preset not in LOCAL_PRESETS:
         raise UserError(f"unknown local preset {preset!r}; choose one of: "
                         f"{', '.join(LOCAL_PRESETS)}")
     params = dict(LOCAL_PRESETS[preset])
     params.update({k: v for k, v in overrides.items() if v is not None})
     return params
+
+
+def study_params(name: str, overrides: dict | None = None) -> dict:
+    """The run parameters of the study ``name`` (pipelines/studies.py): its base local
+    preset, its own parameters, then ``overrides`` (None values skipped)."""
+    from pipelines import studies
+
+    study = studies.get(name)
+    params = dict(LOCAL_PRESETS[study["base"]]) if study.get("base") else {}
+    params.update(study["params"])
+    params.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return params
+
+
+def param_text(value) -> str:
+    """A run parameter's value as ``--param NAME=VALUE`` takes it."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def parse_seeds_option(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> [0, 1, 2] (each a non-negative integer, once)."""
+    from components.plan_sweep import parse_seeds
+
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise UserError("--seeds: no seed given; e.g. --seeds 0,1,2")
+    for item in items:
+        if not item.isdigit():
+            raise UserError(f"--seeds: {item!r} is not a non-negative integer; e.g. "
+                            "--seeds 0,1,2")
+    return parse_seeds([int(item) for item in items])
 
 
 def parse_methods(text: str) -> list[str]:
@@ -367,9 +494,9 @@ def parse_methods(text: str) -> list[str]:
 # -- submitting to a cluster (the client: pipelines/submit.py) ---------------------------
 @contextlib.contextmanager
 def pipeline_package(package: str | None, image: str | None = None, *,
-                     accelerators: bool = True, parallelism: int = 0):
+                     accelerators: bool = True, parallelism: int = 0, sweep: bool = False):
     """``(path, spec, compiled_now)`` of ``package``, or of the pipeline compiled now into a
-    temporary folder (removed afterwards)."""
+    temporary folder (removed afterwards; ``sweep``: the sweep graph)."""
     import tempfile
 
     if package is not None:
@@ -377,13 +504,15 @@ def pipeline_package(package: str | None, image: str | None = None, *,
         return
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(os.path.join(tmp, "rslad.yaml"), image,
-                                accelerators=accelerators, parallelism=parallelism)
+                                accelerators=accelerators, parallelism=parallelism,
+                                sweep=sweep)
         yield path, parameters.load_spec(path), True
 
 
 def default_spec() -> dict:
-    """The compiled pipeline spec with the default options (its parameters)."""
-    with pipeline_package(None) as (_, spec, _):
+    """The compiled pipeline spec with the default options and every run parameter (the
+    sweep graph's, which adds ``seeds`` and ``grid``)."""
+    with pipeline_package(None, sweep=True) as (_, spec, _):
         return spec
 
 
@@ -406,15 +535,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-accelerators", action="store_true",
                        help="request no accelerators (CPU-only cluster)")
         p.add_argument("--parallelism", type=int, default=0,
-                       help="methods trained at once (0: all)")
+                       help="students trained at once (0: all)")
+
+    def study_option(p, what):
+        from pipelines.studies import STUDIES
+
+        p.add_argument("--study", choices=sorted(STUDIES), metavar="NAME",
+                       help=f"a named sweep of pipelines/studies.py ({', '.join(STUDIES)}): "
+                            f"{what}")
 
     p = sub.add_parser("compile", help="write the pipeline YAML")
     p.add_argument("--out", required=True, help="output file, e.g. rslad.yaml")
+    p.add_argument("--sweep", action="store_true",
+                   help="compile the sweep graph (run parameters seeds and grid; "
+                        "docs/pipeline.md)")
+    study_option(p, "the sweep graph with the study's parameters as its defaults")
     image_and_resources(p)
 
     p = sub.add_parser("run-local", help="run the pipeline on this machine (kfp local runner)")
-    p.add_argument("--preset", default="digits", choices=sorted(LOCAL_PRESETS),
+    p.add_argument("--preset", choices=sorted(LOCAL_PRESETS),
                    help="local configuration (default digits)")
+    study_option(p, "its parameters instead of a preset's (the options below still win)")
+    p.add_argument("--seeds", help="comma-separated training seeds of the students, one "
+                                   "run each (a sweep; default: --seed alone)")
+    p.add_argument("--grid", help="JSON list of --set override objects, one student per "
+                                  "cell and method and seed, e.g. "
+                                  "'[{\"model_kwargs.width\": 8}, "
+                                  "{\"model_kwargs.width\": 16}]' (a sweep)")
     p.add_argument("--out", help="output directory (default local_runs/<preset>-<time>)")
     p.add_argument("--epochs", type=int, help="student epochs")
     p.add_argument("--teacher-epochs", type=int, help="teacher epochs")
@@ -440,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     submit.add_help_with_parameters(p, default_spec)
     submit.add_submit_arguments(p)
+    study_option(p, "its parameters, under any --param given (the sweep graph)")
     image_and_resources(p)
 
     p = sub.add_parser("follow", help="follow a run on the cluster and fetch its report")
@@ -458,8 +606,15 @@ def main(argv=None) -> None:
     if args.command == "compile":
         if args.parallelism < 0:
             raise UserError("--parallelism must be 0 or positive")
+        defaults = None
+        if args.study:
+            defaults = study_params(args.study)
+            # The same checks as --param values get (seeds as integers, grid keys).
+            for name, value in defaults.items():
+                parameters.check_value(name, value)
         path = compile_pipeline(args.out, args.image, accelerators=not args.no_accelerators,
-                                parallelism=args.parallelism)
+                                parallelism=args.parallelism,
+                                sweep=bool(args.sweep or args.study), defaults=defaults)
         print(f"wrote {path} (image {args.image or components.image()})")
     elif args.command == "run-local":
         overrides = {"epochs": args.epochs, "teacher_epochs": args.teacher_epochs,
@@ -468,9 +623,18 @@ def main(argv=None) -> None:
                      "whitebox_attacks": args.whitebox_attacks,
                      "blackbox_attacks": args.blackbox_attacks,
                      "export_formats": args.export_formats,
-                     "teacher_uri": args.teacher_uri, "teacher_sha256": args.teacher_sha256}
+                     "teacher_uri": args.teacher_uri, "teacher_sha256": args.teacher_sha256,
+                     "grid": args.grid}
         if args.methods:
             overrides["methods"] = parse_methods(args.methods)
+        if args.seeds is not None:
+            overrides["seeds"] = parse_seeds_option(args.seeds)
+        if args.grid is not None:
+            from components.plan_sweep import parse_grid
+
+            parse_grid(args.grid)  # a bad key: one line before the run
+        if args.study and args.preset:
+            raise UserError("--study and --preset both name the run's parameters; give one")
         if args.export_formats:
             from components.export_student import parse_formats
 
@@ -480,9 +644,11 @@ def main(argv=None) -> None:
             value = getattr(args, name)
             if value is not None and value <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        params = local_params(args.preset, overrides)
+        name = args.study or args.preset or "digits"
+        params = (study_params(args.study, overrides) if args.study
+                  else local_params(name, overrides))
         out = args.out or os.path.join(
-            "local_runs", f"{args.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            "local_runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
         result = run_local(out, params, image=args.image, threads=args.threads,
                            verbose=args.verbose)
         with open(result["report"]) as f:
@@ -493,14 +659,23 @@ def main(argv=None) -> None:
     elif args.command == "submit":
         if args.parallelism < 0:
             raise UserError("--parallelism must be 0 or positive")
+        given = {text.partition("=")[0].strip() for text in args.param}
+        if args.study:
+            # The study's values as --param texts, under the ones given.
+            args.param = [f"{name}={param_text(value)}"
+                          for name, value in study_params(args.study).items()
+                          if name not in given] + list(args.param)
+        sweep = bool(args.study) or bool(given & set(SWEEP_PARAMETERS))
         with pipeline_package(args.package, args.image, accelerators=not args.no_accelerators,
-                              parallelism=args.parallelism) as (package, spec, compiled_now):
+                              parallelism=args.parallelism, sweep=sweep) as (
+                package, spec, compiled_now):
             submit.run_submit(args, package, spec, compiled_now=compiled_now)
     elif args.command == "follow":
         with pipeline_package(args.package) as (_, spec, _):
             submit.run_follow(args, spec)
     elif args.command == "params":
-        with pipeline_package(args.package) as (_, spec, _):
+        # Without --package: every parameter, those of sweeps (seeds, grid) included.
+        with pipeline_package(args.package, sweep=True) as (_, spec, _):
             print(parameters.describe(spec))
 
 

@@ -85,6 +85,51 @@ def test_compiled_pipeline_fans_out_over_methods_and_collects(compiled):
         assert params[name]["parameterType"] == kind, name
 
 
+# The task graph before sweeps existed: compiled without seeds and grid it is unchanged.
+TASKS_WITHOUT_SWEEPS = ("prepare-data", "train-teacher", "import-teacher", "train-surrogate",
+                        "for-loop-1", "distill-student", "evaluate-whitebox",
+                        "evaluate-blackbox", "export-student", "evaluate-whitebox-2",
+                        "make-report")
+
+
+def test_compiled_pipeline_without_sweeps_keeps_its_task_graph(compiled):
+    _, spec = compiled
+    assert sorted(_all_tasks(spec)) == sorted(TASKS_WITHOUT_SWEEPS)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert "seeds" not in params and "grid" not in params
+
+
+def test_compiled_sweep_plans_then_fans_out_over_cells(tmp_path):
+    from pipelines import studies
+
+    _, spec = _compile(tmp_path, "--study", "digits-tiny-sweep")
+    tasks = _all_tasks(spec)
+    assert set(tasks) == set(TASKS_WITHOUT_SWEEPS) | {"plan-sweep"}
+    loops = [t for t in spec["root"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    assert len(loops) == 1
+    iterator = loops[0]["parameterIterator"]
+    assert iterator["items"]["inputParameter"] == "pipelinechannel--plan-sweep-Output"
+    body = spec["components"][loops[0]["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(body) == {"distill-student", "evaluate-whitebox", "evaluate-blackbox",
+                         "export-student"}
+    # The student takes its method, seed and overrides from the cell, the evaluations
+    # the cell's radius.
+    inputs = body["distill-student"]["inputs"]["parameters"]
+    for name in ("method", "seed", "overrides", "grid_cell"):
+        assert inputs[name]["componentInputParameter"] == iterator["itemInput"], name
+        assert f'["{name}"]' in inputs[name]["parameterExpressionSelector"], name
+    for name in ("evaluate-whitebox", "evaluate-blackbox", "export-student"):
+        selector = body[name]["inputs"]["parameters"]["epsilon"]["parameterExpressionSelector"]
+        assert '["epsilon"]' in selector, name
+    # The study's values are the compiled defaults.
+    study = studies.STUDIES["digits-tiny-sweep"]["params"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert [int(s) for s in params["seeds"]["defaultValue"]] == study["seeds"]
+    assert params["grid"]["defaultValue"] == study["grid"]
+    assert params["methods"]["defaultValue"] == study["methods"]
+    assert params["max_steps"]["defaultValue"] == rp.LOCAL_PRESETS["digits-tiny"]["max_steps"]
+
+
 def test_compiled_pipeline_requests_accelerators_from_parameters(compiled):
     _, spec = compiled
     executors = spec["deploymentSpec"]["executors"]
@@ -285,6 +330,43 @@ def test_run_local_tiny_two_methods(tmp_path):
     for noise in ("cuInit", "oneDNN custom operations", "Could not find cuda drivers",
                   "absl::InitializeLog"):
         assert noise not in log, noise
+
+
+def test_run_local_tiny_sweep(tmp_path):
+    """The sweep graph end to end: one method x 2 seeds x 2 grid cells (student widths) at
+    the digits-tiny budget; the report has one row per cell with mean and sample std over
+    the two seeds, and every run's numbers."""
+    import statistics
+
+    params = rp.study_params("digits-tiny-sweep")
+    assert len(params["methods"]) == 1 and len(params["seeds"]) == 2
+    result = rp.run_local(str(tmp_path / "run"), params, threads=1)
+    with open(result["table"]) as f:
+        rows = json.load(f)
+    teacher, rows = rows[0], rows[1:]
+    assert teacher["role"] == "teacher"
+    assert sorted(r["grid_cell"] for r in rows) == ["width=6", "width=8"]
+    for row in rows:
+        assert row["method"] == "sat" and row["model"] == f"small_cnn({row['grid_cell']})"
+        assert row["n_runs"] == 2 and row["train_seeds"] == [0, 1]
+        assert [run["train_seed"] for run in row["runs"]] == [0, 1]
+        for column in COLUMNS:
+            values = [run["columns"][column] for run in row["runs"]]
+            assert None not in values, column
+            stats = row["columns"][column]
+            assert stats["mean"] == pytest.approx(statistics.mean(values)), column
+            assert stats["std"] == pytest.approx(statistics.stdev(values)), column
+    with open(result["report"]) as f:
+        text = f.read()
+    assert "| width=6 | sat | best |" in text and "## Every run" in text
+    infos = []
+    for dirpath, _, filenames in os.walk(result["pipeline_root"]):
+        if "model.json" in filenames and os.path.basename(dirpath) == "student":
+            with open(os.path.join(dirpath, "model.json")) as f:
+                info = json.load(f)
+            infos.append((info["seed"], info["grid_cell"], info["model_kwargs"]["width"]))
+    assert sorted(infos) == [(0, "width=6", 6), (0, "width=8", 8), (1, "width=6", 6),
+                             (1, "width=8", 8)]
 
 
 @pytest.mark.slow

@@ -3,10 +3,13 @@
 Table layout of the paper (docs/paper.md section 5): one row per dataset x model x method x
 checkpoint (best / last), columns Clean, FGSM, PGD_SAT, PGD_TRADES, CW_inf, AA, and the
 black-box columns (PGD-20 transfer, CW_inf transfer, Square) when any input has them.
-Several eval JSONs of the same (dataset, model, method, checkpoint, eps), e.g. runs of one
-preset with different ``--seed``, become one row with mean ± standard deviation (sample
-standard deviation, ddof = 1) and the number of runs. A column no input of a row has is
-"-" in Markdown and CSV, null in JSON.
+Several eval JSONs of the same (dataset, model, method, checkpoint, eps, grid cell), e.g.
+runs of one preset with different ``--seed``, become one row with mean ± standard
+deviation (sample standard deviation, ddof = 1) and the number of runs; the row keeps each
+run's numbers (``runs``; `render_runs` lists them). The grid cell (``grid_cell``, a label
+such as ``width=8`` that the pipeline's sweeps record) is absent from older eval JSONs,
+which group as before. A column no input of a row has is "-" in Markdown and CSV, null in
+JSON.
 
 Plots (PNG, matplotlib's Agg backend): clean against AutoAttack accuracy per row, and a
 PGD sweep of robust accuracy against epsilon.
@@ -37,7 +40,9 @@ AA_LABEL = vocabulary.COLUMNS_BY_KEY["autoattack"].label
 # artifact_format: None for a checkpoint, else the exported artifact's format
 # (`rslad_tf.evaluation.artifact_eval`): each artifact gets its own row, right after its
 # float model.
-KEY_FIELDS = ("dataset", "model", "method", "checkpoint", "eps", "artifact_format")
+# grid_cell: the label of a sweep's grid cell (None outside sweeps and in older JSONs).
+KEY_FIELDS = ("dataset", "model", "method", "checkpoint", "eps", "artifact_format",
+              "grid_cell")
 ARTIFACT_ORDER = (None, "saved_model", "onnx", "litert", "litert-int8")
 METHOD_ORDER = vocabulary.METHOD_NAMES
 CHECKPOINT_ORDER = ("best", "last")
@@ -105,7 +110,7 @@ def _stats(values: list[float]) -> dict | None:
 def _sort_key(row: dict):
     method = row.get("method") or ""
     checkpoint = row.get("checkpoint") or ""
-    return (str(row.get("dataset")), str(row.get("model")),
+    return (str(row.get("dataset")), str(row.get("model")), str(row.get("grid_cell") or ""),
             METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER),
             method,
             CHECKPOINT_ORDER.index(checkpoint) if checkpoint in CHECKPOINT_ORDER else 2,
@@ -115,11 +120,13 @@ def _sort_key(row: dict):
 
 
 def build_table(evals) -> list[dict]:
-    """Rows of the paper's table: one per (dataset, model, method, checkpoint, eps), each
-    column ``{"mean", "std", "n"}`` over the evals of the row that have it (None if none).
+    """Rows of the paper's table: one per (dataset, model, method, checkpoint, eps, grid
+    cell), each column ``{"mean", "std", "n"}`` over the evals of the row that have it
+    (None if none).
 
-    Row dict: dataset, model, method, checkpoint, eps, n_runs, train_seeds, n_examples,
-    columns {label: stats or None}, black_box (True when any eval has black-box numbers).
+    Row dict: dataset, model, method, checkpoint, eps, grid_cell, n_runs, train_seeds,
+    n_examples, columns {label: stats or None}, black_box (True when any eval has black-box
+    numbers), runs (each eval's train_seed and {label: accuracy or None}, in seed order).
     """
     groups: dict[tuple, list[dict]] = {}
     for ev in evals:
@@ -140,6 +147,11 @@ def build_table(evals) -> list[dict]:
         row["columns"] = {label: _stats([float(m[k]) for m in members
                                           if m.get(k) is not None])
                           for label, k in columns}
+        row["runs"] = sorted(
+            ({"train_seed": m.get("train_seed"),
+              "columns": {label: None if m.get(k) is None else float(m[k])
+                          for label, k in columns}} for m in members),
+            key=lambda run: (run["train_seed"] is None, run["train_seed"] or 0))
         row["black_box"] = has_black_box
         # Trainable parameters of the evaluated model (eval JSONs record them since 0.1).
         row["params"] = next((m["params"] for m in members if m.get("params")), None)
@@ -245,7 +257,9 @@ def render(rows, fmt: str = "md") -> str:
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        head = ["source", "dataset", "model", "method", "checkpoint", "eps", "n_runs"]
+        cells = any(row.get("grid_cell") for row in rows)
+        head = (["source", "dataset", "model"] + (["grid_cell"] if cells else [])
+                + ["method", "checkpoint", "eps", "n_runs"])
         for label in labels:
             head += [label, f"{label}_std"]
         artifact_rows = any(row.get("artifact_format") for row in rows)
@@ -253,11 +267,12 @@ def render(rows, fmt: str = "md") -> str:
             head += ["format", "size_kib", "latency_ms"]
         writer.writerow(head)
         for row in rows:
-            line = [row.get("source", "ours"), row["dataset"], row["model"],
-                    row["method"] or MISSING,
+            line = ([row.get("source", "ours"), row["dataset"], row["model"]]
+                    + ([row.get("grid_cell") or MISSING] if cells else [])
+                    + [row["method"] or MISSING,
                     row["checkpoint"] or MISSING,
                     MISSING if row["eps"] is None else f"{row['eps']:.6g}",
-                    MISSING if row["n_runs"] is None else row["n_runs"]]
+                    MISSING if row["n_runs"] is None else row["n_runs"]])
             for label in labels:
                 stats = row["columns"].get(label)
                 line += ([MISSING, MISSING] if stats is None else
@@ -270,17 +285,22 @@ def render(rows, fmt: str = "md") -> str:
     params = any(row.get("params") for row in rows)
     # Exported artifacts: a Format column, and their size and latency at the end.
     artifact_rows = any(row.get("artifact_format") for row in rows)
+    # A "Cell" column (a sweep's grid cell) when any row belongs to one.
+    any_cell = any(row.get("grid_cell") for row in rows)
     head = (["Source", "Dataset", "Model"] + (["Params"] if params else [])
+            + (["Cell"] if any_cell else [])
             + ["Method", "Checkpoint"] + (["Format"] if artifact_rows else [])
             + ["eps", "Runs"] + labels
             + (["Size (KiB)", "Latency (ms)"] if artifact_rows else []))
     lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join(["---"] * (7 + params + artifact_rows)
+             "|" + "|".join(["---"] * (7 + params + any_cell + artifact_rows)
                             + ["---:"] * (len(labels) + 2 * artifact_rows)) + "|"]
     for row in rows:
         cells = [row.get("source", "ours"), str(row["dataset"]), str(row["model"])]
         if params:
             cells.append(f"{row['params']:,}" if row.get("params") else MISSING)
+        if any_cell:
+            cells.append(row.get("grid_cell") or MISSING)
         cells += [row["method"] or MISSING, row["checkpoint"] or MISSING]
         if artifact_rows:
             cells.append(_artifact_cells(row, "{:.3g}")[0])
@@ -294,6 +314,30 @@ def render(rows, fmt: str = "md") -> str:
             "Rows marked 'ours' are measured by this toolkit; 'paper' rows are the published "
             "best-checkpoint numbers, for comparison.")
     return "\n".join(lines) + "\n\n" + note + "\n"
+
+
+def render_runs(rows) -> str:
+    """Every run of the table's rows as a Markdown table, one line per eval (its training
+    seed, its own numbers): what the means and spreads of `render` are made of."""
+    labels = _labels(rows)
+    ours = [row for row in rows if row.get("source", "ours") == "ours" and row.get("runs")]
+    any_cell = any(row.get("grid_cell") for row in ours)
+    head = (["Dataset", "Model"] + (["Cell"] if any_cell else [])
+            + ["Method", "Checkpoint", "eps", "Seed"] + labels)
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---"] * (6 + any_cell) + ["---:"] * len(labels)) + "|"]
+    for row in ours:
+        for run in row["runs"]:
+            cells = [str(row["dataset"]), str(row["model"])]
+            if any_cell:
+                cells.append(row.get("grid_cell") or MISSING)
+            cells += [row["method"] or MISSING, row["checkpoint"] or MISSING,
+                      format_eps(row["eps"]),
+                      MISSING if run["train_seed"] is None else str(run["train_seed"])]
+            cells += [MISSING if run["columns"].get(label) is None
+                      else f"{run['columns'][label]:.2f}" for label in labels]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------
@@ -310,6 +354,8 @@ def _pyplot():
 
 def _row_label(row) -> str:
     parts = [str(row["model"]), row["method"] or "?"]
+    if row.get("grid_cell"):
+        parts.append(str(row["grid_cell"]))
     if row.get("checkpoint"):
         parts.append(str(row["checkpoint"]))
     return " / ".join(parts)
