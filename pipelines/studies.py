@@ -16,7 +16,7 @@ import json
 from rslad_tf.common.errors import UserError
 
 STUDIES = {
-    # The sweep machinery end to end in about two minutes on 2 CPU cores: one method,
+    # The sweep machinery end to end in under three minutes on 2 CPU cores: one method,
     # two seeds, two student widths, the digits-tiny budget. The numbers mean nothing.
     "digits-tiny-sweep": {
         "description": "smoke test of a sweep: sat x seeds 0, 1 x student width 6, 8 "
