@@ -339,6 +339,17 @@ def check_sweep(params: dict) -> None:
                       params.get("student_model") or "")
 
 
+def check_sweep_of_spec(spec: dict, values: dict) -> None:
+    """`check_sweep` of the run parameters a package would run with: its defaults, then
+    ``values`` (what compile or submit sets)."""
+    definitions = parameters.definitions(spec)
+    params = {name: parameters.default_of(d) for name, d in definitions.items()
+              if "defaultValue" in d}
+    params.update(values)
+    if is_sweep(params):
+        check_sweep(params)
+
+
 @contextlib.contextmanager
 def _step_environment(threads: int = 0):
     """Environment of the steps the local runner starts, restored afterwards: progress
@@ -612,6 +623,8 @@ def main(argv=None) -> None:
             # The same checks as --param values get (seeds as integers, grid keys).
             for name, value in defaults.items():
                 parameters.check_value(name, value)
+            # Every cell applied to its preset: a bad value stops the compile, not the run.
+            check_sweep({"dataset": "digits", **defaults})
         path = compile_pipeline(args.out, args.image, accelerators=not args.no_accelerators,
                                 parallelism=args.parallelism,
                                 sweep=bool(args.sweep or args.study), defaults=defaults)
@@ -669,6 +682,10 @@ def main(argv=None) -> None:
         with pipeline_package(args.package, args.image, accelerators=not args.no_accelerators,
                               parallelism=args.parallelism, sweep=sweep) as (
                 package, spec, compiled_now):
+            if sweep:
+                # Every cell applied to its preset before anything is sent.
+                check_sweep_of_spec(spec, parameters.parse_params(
+                    args.param, parameters.definitions(spec)))
             submit.run_submit(args, package, spec, compiled_now=compiled_now)
     elif args.command == "follow":
         with pipeline_package(args.package) as (_, spec, _):

@@ -253,3 +253,15 @@ def test_submit_a_study_dry_run(capsys):
     assert run_cli(rp.main, ["submit", "--host", "http://127.0.0.1:9", "--dry-run",
                              "--param", 'grid=[{"widht": 3}]']) == 2
     assert _one_error_line(capsys).startswith("error: grid: unknown key 'widht'")
+
+
+def test_submit_applies_every_cell_before_sending(capsys):
+    """An argument the student model does not take passes the key check and is refused
+    by applying the cell to its preset, before any request."""
+    assert run_cli(rp.main, ["submit", "--host", "http://127.0.0.1:9", "--dry-run",
+                             "--param", "methods=sat", "--param",
+                             'grid=[{"model_kwargs.wdth": 3}]']) == 2
+    err = capsys.readouterr().err
+    assert "error: grid cell 'wdth=3' (sat): model_kwargs.wdth: small_cnn has no argument " \
+           "'wdth'" in err
+    assert "POST" not in capsys.readouterr().out
