@@ -131,6 +131,9 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
             kwargs[key.strip()] = json.loads(value)
         except ValueError:
             kwargs[key.strip()] = value.strip()
+    from rslad_tf.common.quiet import import_tensorflow
+
+    import_tensorflow()  # rslad_tf.models imports Keras, which imports TensorFlow
     from rslad_tf import models
 
     if name not in models.available():

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -90,6 +92,21 @@ def test_run_local_refuses_a_bad_grid_before_running(tmp_path, capsys):
                              "digits", "--out", str(out)]) == 2
     assert "give one" in _one_error_line(capsys)
     assert not out.exists()  # nothing started, nothing written
+
+
+def test_a_bad_model_argument_in_the_grid_is_one_stderr_line_in_a_real_process(tmp_path):
+    # Checking a dotted key imports TensorFlow (the model's arguments are read from its
+    # builder): its C++ start-up lines must not join the one error line.
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.rslad_pipeline", "run-local", "--preset",
+         "digits-tiny", "--grid", '[{"model_kwargs.wdth": 8}]', "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [
+        "error: grid cell 'wdth=8' (natural): model_kwargs.wdth: small_cnn has no argument "
+        "'wdth'; choose one of: width"]
+    assert not out.exists()
 
 
 def test_component_refuses_a_bad_cell_before_reading_data(tmp_path):
