@@ -188,6 +188,16 @@ def test_cli_prints_the_table_and_writes_files(tmp_path, evals, capsys):
                                  "--plot-dir", str(tmp_path / "plots")], capsys)
     assert code == 0 and target.read_text().startswith("source,dataset,model,method")
     assert (tmp_path / "plots" / "clean_vs_aa.png").read_bytes()[:8] == PNG_MAGIC
+    # A second run never overwrites them: one line, exit 2, files unchanged.
+    before = target.read_bytes(), (tmp_path / "plots" / "clean_vs_aa.png").read_bytes()
+    code, out, err = _cli(paths + ["--format", "csv", "--out", str(target)], capsys)
+    assert code == 2 and err.strip().endswith("exists; choose another --out (nothing is "
+                                              "overwritten)")
+    code, out, err = _cli(paths + ["--out", str(tmp_path / "new.md"), "--plot-dir",
+                                   str(tmp_path / "plots")], capsys)
+    assert code == 2 and "choose another --plot-dir" in err
+    assert not (tmp_path / "new.md").exists()
+    assert before == (target.read_bytes(), (tmp_path / "plots" / "clean_vs_aa.png").read_bytes())
 
 
 def test_cli_eps_sweep_for_run_dirs(tmp_path, trained_digits_model, capsys):

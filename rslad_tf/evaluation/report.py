@@ -527,6 +527,15 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.sweep_n_examples <= 0:
         raise UserError(f"--sweep-n-examples must be positive, got {args.sweep_n_examples}")
+    # Results are never overwritten: refuse before any work.
+    targets = [("--out", args.out)] if args.out else []
+    if args.plot_dir:
+        targets += [("--plot-dir", os.path.join(args.plot_dir, name))
+                    for name in ("clean_vs_aa.png", "eps_sweep.png")]
+    for option, path in targets:
+        if os.path.exists(path):
+            raise UserError(f"{path!r} exists; choose another {option} (nothing is "
+                            "overwritten)")
     evals = load_evals(args.inputs)
     rows = build_table(evals)
     text = render(rows if args.no_paper else with_paper(rows), args.format)
