@@ -21,6 +21,7 @@ from rslad_tf.training import fast_paths
 from rslad_tf.transforms.bn_folding import folded_view
 from rslad_tf.data import augment, make_dataset
 from rslad_tf.data.device_data import DeviceData, index_dataset, indexed_dataset
+from rslad_tf.common import runtime
 from rslad_tf.common.errors import run_cli
 from rslad_tf.methods import RSLADModel
 from rslad_tf.methods.soft_label_cache import (SoftLabelCache, cache_bytes, num_variants,
@@ -351,8 +352,8 @@ def test_float16_loss_scaling_matches_float32_update(digits_data):
 # -- attack shards ----------------------------------------------------------------------
 @pytest.fixture
 def default_shards():
-    yield pgd_module.set_shards
-    pgd_module.set_shards(1)
+    yield runtime.set_shards
+    runtime.set_shards(1)
 
 
 def _attack_fn(model, loss, start, steps=3):
@@ -440,19 +441,17 @@ def test_sharded_training_attack_trains_bit_identically(trained_digits_model, di
 
 
 def test_attack_shards_setting():
-    from rslad_tf.common import runtime
-
     assert runtime.parse_attack_shards("auto") == "auto"
     assert runtime.parse_attack_shards("3") == 3
     for bad in ("0", "-1", "two", "1.5"):
         with pytest.raises(ValueError, match="auto or a positive integer"):
             runtime.parse_attack_shards(bad)
     with pytest.raises(ValueError):
-        pgd_module.set_shards(0)
+        runtime.set_shards(0)
     # This process' pools are already set (inter-op 1): shards would only queue, so the
     # runtime keeps one.
     assert runtime.configure(attack_shards=2) == 1
-    assert pgd_module.resolve_shards() == 1
+    assert runtime.resolve_shards() == 1
 
 
 def test_train_cli_rejects_bad_attack_shards(tmp_path, capsys):

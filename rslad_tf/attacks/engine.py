@@ -28,7 +28,7 @@ import keras
 import tensorflow as tf
 
 from rslad_tf import losses
-from rslad_tf.common.runtime import resolve_shards, set_shards  # noqa: F401 - re-exported
+from rslad_tf.common.runtime import resolve_shards
 
 OBJECTIVES = ("ce", "kl", "kl_model", "cw")
 STARTS = ("none", "uniform", "normal")
@@ -85,8 +85,8 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
     zero. ``return_zero_fraction=True`` returns ``(x_adv, fraction)``: the fraction of input
     gradient entries that were exactly zero over all steps (a zero gives a zero step).
 
-    ``shards`` (None: the process default of `set_shards`): the batch is cut into this many
-    contiguous pieces, each ascended by its own graph loop, so that TensorFlow's inter-op
+    ``shards`` (None: the default of `common.runtime.set_shards`): the batch is cut into this
+    many contiguous pieces, each ascended by its own graph loop, so that TensorFlow's inter-op
     threads run them at the same time (one CPU core each). For a model in inference mode
     this is the same computation per example: the objective is a sum over examples, so each
     example's gradient depends on that example alone, and the random start is drawn for the
