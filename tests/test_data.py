@@ -56,3 +56,30 @@ def test_augmentation_is_seeded_and_keeps_shape_and_range():
     np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert a.shape == x.shape and float(tf.reduce_min(a)) >= 0 and float(tf.reduce_max(a)) <= 1
     assert augment.pad_crop_flip(x, padding=0, flip=False, seed=seed) is x
+
+
+def test_validation_split_is_stratified_disjoint_and_the_same_for_every_run():
+    images, labels = data.load_numpy("digits", "train")
+    x_tr, y_tr, x_val, y_val = data.split_validation(images, labels, 0.2)
+    assert len(x_tr) + len(x_val) == len(images) and len(x_tr) == len(y_tr)
+    assert len(x_val) == sum(round(0.2 * np.sum(labels == c)) for c in range(10))
+    # Disjoint and complete, in the original order: images tagged by their index.
+    tagged = np.arange(len(labels), dtype=np.float32)
+    idx_tr, _, idx_val, _ = data.split_validation(tagged, labels, 0.2)
+    assert sorted(np.concatenate([idx_tr, idx_val]).tolist()) == tagged.tolist()
+    assert np.all(np.diff(idx_tr) > 0) and np.all(np.diff(idx_val) > 0)
+    np.testing.assert_array_equal(x_val, images[idx_val.astype(int)])
+    for cls in range(10):  # each class keeps its share on both sides
+        share = np.mean(y_val == cls) / np.mean(labels == cls)
+        assert 0.9 < share < 1.1, (cls, share)
+    again = data.split_validation(images, labels, 0.2)
+    np.testing.assert_array_equal(again[2], x_val)
+    other = data.split_validation(images, labels, 0.2, seed=1)
+    assert not np.array_equal(other[3], y_val) or not np.array_equal(other[2], x_val)
+
+
+def test_validation_split_that_empties_a_class_is_a_clear_error():
+    labels = np.array([0, 0, 0, 1], dtype=np.int32)
+    images = np.zeros((4, 8, 8, 1), np.float32)
+    with pytest.raises(data.DataError, match="class 1 with 0 of 1"):
+        data.split_validation(images, labels, 0.3)

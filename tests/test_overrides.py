@@ -145,7 +145,7 @@ def test_runtime_options_do_not_change_the_experiment():
     assert faster.experiment() == config.experiment()
     assert faster.experiment_id() == config.experiment_id()
     for change in ({"seed": 1}, {"learning_rate": 0.1}, {"model_kwargs": {"width": 8}},
-                   {"ema_decay": 0.99}, {"max_steps": 3}):
+                   {"ema_decay": 0.99}, {"max_steps": 3}, {"validation_fraction": 0.2}):
         assert config.replace(**change).experiment_id() != config.experiment_id(), change
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.runtime.jit_compile = True
@@ -167,3 +167,18 @@ def test_pipeline_and_cli_change_a_method_the_same_way():
     pipe = _pipeline_config("digits-teacher", method="sat")
     assert cli.method == pipe.method == "sat"
     assert cli.method_kwargs == pipe.method_kwargs == presets.method_defaults("sat")
+
+
+def test_fields_added_later_keep_the_ids_of_earlier_configurations():
+    """`validation_fraction` came after runs had been recorded: at its default the id is
+    the digest of the experiment without it, as before the field existed."""
+    import hashlib
+    import json
+
+    config = presets.get("digits-rslad")
+    before = {k: v for k, v in config.experiment().items() if k != "validation_fraction"}
+    digest = hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode())
+    assert config.experiment_id() == digest.hexdigest()[:12]
+    assert config.replace(validation_fraction=0.2).experiment_id() != config.experiment_id()
+    with pytest.raises(PresetError, match="validation_fraction must be in"):
+        config.replace(validation_fraction=1.0).validate()

@@ -171,3 +171,25 @@ def test_resume_refuses_a_config_json_with_an_unknown_field(capsys, tmp_path):
                "unknown configuration field 'warp_speed'; valid fields: preset", tmp_path)
     assert len(err.strip().splitlines()) == 1
     assert os.listdir(run) == ["config.json"]
+
+
+def test_validation_run_never_reads_the_test_set(tmp_path, capsys, monkeypatch):
+    """``validation_fraction`` selects and reports on held-out training images; the test
+    split is not loaded, and the final evaluation (on the test set) is skipped."""
+    from rslad_tf import data
+
+    load = data.load_numpy
+
+    def no_test(name, split, *args, **kwargs):
+        assert split != "test", "a validation run loaded the test set"
+        return load(name, split, *args, **kwargs)
+
+    monkeypatch.setattr(data, "load_numpy", no_test)
+    out = tmp_path / "val"
+    code, stdout, err = _run(["--preset", "digits-sat", "--epochs", "1", "--max-steps", "1",
+                              "--set", "validation_fraction=0.2", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "1078 training images, 269 held out" in stdout
+    assert "val clean" in stdout and "final evaluation on the test set is skipped" in stdout
+    assert not (out / "eval_last.json").exists()
+    assert json.load(open(out / "config.json"))["validation_fraction"] == 0.2

@@ -68,6 +68,11 @@ class RuntimeOptions:
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeOptions))
 
 
+# Experiment fields added after the first release, with the default that keeps
+# `TrainConfig.experiment_id` of older configurations unchanged.
+_ADDED_FIELD_DEFAULTS = {"validation_fraction": 0.0}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run needs. Epoch numbers count from 0.
@@ -106,6 +111,11 @@ class TrainConfig:
     eval_every: int = 20
     eval_pgd_steps: int = 20
     eval_n_examples: int | None = None
+    # Hold out this fraction of the training images (stratified, fixed split seed,
+    # `rslad_tf.data.split_validation`) and use them instead of the test set for the
+    # checkpoint selection and the per-epoch accuracies: how hyperparameters are chosen
+    # without looking at the test set (docs/study.md). 0: train on every training image.
+    validation_fraction: float = 0.0
     seed: int = 0
     max_steps: int | None = None  # cap on steps per epoch (smoke tests)
     # Exponential moving average of the student's weights (None: off), e.g. 0.999: evaluated
@@ -128,6 +138,9 @@ class TrainConfig:
             raise PresetError(f"--max-steps must be a positive integer, got {self.max_steps}")
         if self.eval_n_examples is not None and self.eval_n_examples <= 0:
             raise PresetError(f"eval_n_examples must be positive, got {self.eval_n_examples}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise PresetError(f"validation_fraction must be in [0, 1), e.g. 0.2; got "
+                              f"{self.validation_fraction}")
         self.runtime.validate()
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise PresetError(f"ema_decay must be in (0, 1), e.g. 0.999; got {self.ema_decay}")
@@ -148,8 +161,12 @@ class TrainConfig:
         return d
 
     def experiment_id(self) -> str:
-        """A short digest of `experiment`: equal for runs that differ in runtime only."""
-        text = json.dumps(self.experiment(), sort_keys=True, default=str)
+        """A short digest of `experiment`: equal for runs that differ in runtime only.
+        Fields added after the first release leave the digest unchanged at their default,
+        so the ids of earlier runs stay what they were."""
+        experiment = {k: v for k, v in self.experiment().items()
+                      if not (k in _ADDED_FIELD_DEFAULTS and v == _ADDED_FIELD_DEFAULTS[k])}
+        text = json.dumps(experiment, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:

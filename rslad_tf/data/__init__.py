@@ -97,6 +97,32 @@ def load_numpy(name: str, split: str, data_dir: str | None = None, *,
     return np.ascontiguousarray(images, dtype=np.float32), np.asarray(labels, dtype=np.int32)
 
 
+# The validation split is the same for every run seed: hyperparameters chosen on it are
+# compared on the same held-out images.
+VALIDATION_SEED = 0
+
+
+def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, *,
+                     seed: int = VALIDATION_SEED):
+    """Hold out ``fraction`` of a training split, stratified by label (each class keeps
+    its share, rounded per class), by a fixed permutation of ``seed``. Returns
+    ``(train_images, train_labels, val_images, val_labels)``, each part in its original
+    order. `DataError` when a class would be left with no training or no validation image."""
+    rng = np.random.default_rng(seed)
+    val_index = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        n_val = int(round(fraction * len(members)))
+        if not 0 < n_val < len(members):
+            raise DataError(f"validation_fraction {fraction} leaves class {cls} with "
+                            f"{n_val} of {len(members)} images held out; choose a fraction "
+                            "that keeps at least one image of every class on each side")
+        val_index.append(rng.permutation(members)[:n_val])
+    is_val = np.zeros(len(labels), dtype=bool)
+    is_val[np.concatenate(val_index)] = True
+    return images[~is_val], labels[~is_val], images[is_val], labels[is_val]
+
+
 def make_dataset(images, labels, batch_size: int, *, shuffle: bool, seed: int = 0,
                  drop_remainder: bool = False, repeat: bool = False):
     """A `tf.data.Dataset` of `(images, labels)` batches: shuffled per epoch (seeded),

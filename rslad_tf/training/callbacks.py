@@ -211,7 +211,8 @@ class EpochRecord(keras.callbacks.Callback):
         results, marks = self.selection.results, self.selection.marks
         row.update(results)
         if "pgd20_acc" in results:
-            message += (f"  test clean {results['clean_acc']:5.1f}%  "
+            held_out = "val" if self.config.validation_fraction else "test"
+            message += (f"  {held_out} clean {results['clean_acc']:5.1f}%  "
                         f"PGD-20 {results['pgd20_acc']:5.1f}%")
             if "best" in marks:
                 message += "  *best*"

@@ -106,7 +106,7 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     import tensorflow as tf
 
     from rslad_tf.config.overrides import describe
-    from rslad_tf.data import load_numpy, spec
+    from rslad_tf.data import load_numpy, spec, split_validation
     from rslad_tf.training import callbacks
 
     config.validate()
@@ -120,7 +120,13 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     data_spec = spec(config.dataset)
     data_dir = config.runtime.data_dir
     x_train, y_train = load_numpy(config.dataset, "train", data_dir, download=download)
-    x_test, y_test = load_numpy(config.dataset, "test", data_dir, download=download)
+    if config.validation_fraction:
+        x_train, y_train, x_test, y_test = split_validation(
+            x_train, y_train, config.validation_fraction)
+        log(f"validation split: {len(x_train)} training images, {len(x_test)} held out "
+            "for the selection and the per-epoch accuracies (the test set is not read)")
+    else:
+        x_test, y_test = load_numpy(config.dataset, "test", data_dir, download=download)
     if config.eval_n_examples:
         x_test, y_test = x_test[:config.eval_n_examples], y_test[:config.eval_n_examples]
 
@@ -194,7 +200,10 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         summary.update(ema_best_epoch=state.ema_best[1] + 1,
                        ema_best_pgd20_acc=state.ema_best[0],
                        ema_last_pgd20_acc=run_dir.last_value(history, "ema_pgd20_acc"))
-    if final_eval:
+    if final_eval and config.validation_fraction:
+        log("validation run: the final evaluation on the test set is skipped (the "
+            "selection accuracies in history.csv are the validation results)")
+    elif final_eval:
         from rslad_tf.evaluation import suite
 
         summary["final_eval"] = suite.evaluate_run(out_dir, log=log)
