@@ -1,0 +1,94 @@
+"""`pipelines.embedded_study`: the study's runs, their order and dependencies, the
+learning-rate choice and the tables, with a stand-in trainer that writes what a finished
+run leaves (the real trainer is tested in test_train_cli.py)."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from pipelines import embedded_study as study
+
+
+class FakeRun:
+    """Finishes at once, writing a run directory as `python -m rslad_tf.train` would."""
+
+    def __init__(self, out_root, run, pgd, fail):
+        self.returncode = 1 if fail else 0
+        if fail:
+            return
+        run_dir = os.path.join(out_root, run.name)
+        os.makedirs(run_dir)
+        with open(os.path.join(run_dir, "history.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, ["epoch", "clean_acc", "pgd20_acc"])
+            writer.writeheader()
+            for epoch in range(study.EPOCHS):
+                writer.writerow({"epoch": epoch, "clean_acc": 90.0, "pgd20_acc": pgd})
+        if not run.validation:
+            for which in ("best", "last"):
+                with open(os.path.join(run_dir, f"eval_{which}.json"), "w") as f:
+                    json.dump({"clean_acc": 91.0, "autoattack_acc": pgd}, f)
+
+    def poll(self):
+        return self.returncode
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+    started, scores, failing = [], {}, set()
+
+    def start(out_root, run):
+        started.append(run)
+        return FakeRun(out_root, run, scores.get(run.name, 50.0), run.name in failing)
+
+    monkeypatch.setattr(study, "_start", start)
+    monkeypatch.setattr(study.time, "sleep", lambda s: None)
+    return started, scores, failing
+
+
+def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
+    started, scores, _ = fake_trainer
+    scores.update({"lr-sat-lr0.15": 60.0, "lr-rslad-lr0.05": 55.0, "lr-rslad-lr0.5": 55.0})
+    assert study.run_all(str(tmp_path), workers=2, log=lambda m: None) == 0
+    names = [r.name for r in started]
+    # 2 teachers, 2 x 3 grid runs, 3 widths x 2 radii x (SAT + RSLAD from 2 teachers).
+    assert len(names) == len(set(names)) == 2 + 6 + 18
+    assert names[0] == "teacher-w64-eps0.2"
+    for run in started:  # nothing starts before what it needs
+        for need in run.needs:
+            assert names.index(need) < names.index(run.name), (run.name, need)
+    grid_end = max(names.index(n) for n in names if n.startswith("lr-"))
+    assert all(names.index(n) > grid_end for n in names if n.startswith("screen-"))
+    # The grid's choice: highest validation PGD-20, the smaller rate on a tie.
+    assert study.chosen_learning_rates(str(tmp_path)) == {"sat": 0.15, "rslad": 0.05}
+    by_name = {r.name: r for r in started}
+    sat = by_name["screen-sat-w4-eps0.3-seed0"].args
+    assert "learning_rate=0.15" in sat and "--epsilon" in sat and "0.3" in sat
+    weak = by_name["screen-rslad-weak-w8-eps0.3-seed0"].args
+    assert os.path.join(str(tmp_path), "screen-sat-w16-eps0.3-seed0", "checkpoints",
+                        "last.keras") in weak and "learning_rate=0.05" in weak
+    grid = by_name["lr-rslad-lr0.5"].args
+    assert "validation_fraction=0.2" in grid and "--no-final-eval" in grid
+    assert not any("validation_fraction" in a for a in sat)
+    # A second run finds everything finished and starts nothing.
+    started.clear()
+    assert study.run_all(str(tmp_path), workers=2, log=lambda m: None) == 0
+    assert started == []
+    table = study.tables(str(tmp_path))
+    assert "| sat | 90.0 / 50.0 | 90.0 / 60.0 | 90.0 / 50.0 | 0.15 |" in table
+    assert "| 0.3 | 16 | 50.0 / 50.0 | 91.0 / 50.0 |" in table
+
+
+def test_a_failed_run_stops_only_what_needs_it(tmp_path, fake_trainer):
+    started, _, failing = fake_trainer
+    failing.add("teacher-w64-eps0.2")
+    messages = []
+    left = study.run_all(str(tmp_path), workers=1, log=messages.append)
+    names = [r.name for r in started]
+    assert "lr-sat-lr0.5" in names and "teacher-w64-eps0.3" in names
+    assert not any(n.startswith("lr-rslad") for n in names)
+    assert left == 1 + 3  # the teacher, and the RSLAD grid that waits for it
+    assert "FAILED (exit 1) teacher-w64-eps0.2 in 0 s" in messages
+    assert any(m.startswith("not run: lr-rslad-lr0.05 (needs teacher-w64-eps0.2)")
+               for m in messages)
