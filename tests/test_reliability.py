@@ -219,3 +219,23 @@ def test_two_devices_compute_the_same_update_as_one():
     result = subprocess.run([sys.executable, "-c", TWO_DEVICES], capture_output=True, text=True,
                             timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+
+
+def test_refuse_existing_is_one_line_naming_the_path_and_the_option(tmp_path):
+    """The one "nothing is overwritten" check the commands share (export, evaluate,
+    report, convert_teacher, verify_autoattack): a file, a folder and a dangling link all
+    count as existing; a free path passes."""
+    from rslad_tf.common import fileio
+    from rslad_tf.common.errors import UserError
+
+    fileio.refuse_existing(str(tmp_path / "free.json"), "--out")
+    (tmp_path / "taken.json").write_text("{}")
+    (tmp_path / "folder").mkdir()
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    for name in ("taken.json", "folder", "dangling"):
+        with pytest.raises(UserError) as info:
+            fileio.refuse_existing(str(tmp_path / name), "--json")
+        message = str(info.value)
+        assert name in message and "choose another --json" in message, message
+        assert "\n" not in message
+    assert (tmp_path / "taken.json").read_text() == "{}"

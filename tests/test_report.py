@@ -191,7 +191,7 @@ def test_cli_prints_the_table_and_writes_files(tmp_path, evals, capsys):
     # A second run never overwrites them: one line, exit 2, files unchanged.
     before = target.read_bytes(), (tmp_path / "plots" / "clean_vs_aa.png").read_bytes()
     code, out, err = _cli(paths + ["--format", "csv", "--out", str(target)], capsys)
-    assert code == 2 and err.strip().endswith("exists; choose another --out (nothing is "
+    assert code == 2 and err.strip().endswith("already exists; choose another --out (nothing is "
                                               "overwritten)")
     code, out, err = _cli(paths + ["--out", str(tmp_path / "new.md"), "--plot-dir",
                                    str(tmp_path / "plots")], capsys)

@@ -10,6 +10,15 @@ import tempfile
 from rslad_tf.common.errors import UserError
 
 
+def refuse_existing(path: str, option: str, error: type = UserError) -> None:
+    """The one "nothing is overwritten" check of every command that writes a result:
+    ``error`` (a `UserError`) with one line naming ``path`` and the ``option`` that chose
+    it, when something already exists there (a dangling link counts)."""
+    if os.path.lexists(path):
+        raise error(f"{path!r} already exists; choose another {option} (nothing is "
+                    "overwritten)")
+
+
 def write_atomically(path: str, write, suffix: str = "") -> None:
     """Write through ``write(tmp_path)`` to a temporary file beside ``path``, fsync it, then
     rename it over ``path``: a crash leaves either the old file or the new one."""

@@ -128,8 +128,8 @@ def main(argv=None) -> None:
     attack_shards = runtime.attack_shards_from(args)
     attacks = suite.validate_attacks(args.attacks, args.surrogate)
     suite.check_numbers(args.n_examples, args.batch_size, args.eps, args.autoattack_batch_size)
-    if args.out and os.path.exists(args.out):
-        raise UserError(f"{args.out!r} already exists; choose another --out")
+    if args.out:
+        fileio.refuse_existing(args.out, "--out")
     run_config = fileio.run_config_of(args.source if is_artifact else args.checkpoint) or {}
     dataset = args.dataset or run_config.get("dataset") or "digits"
     from rslad_tf.data import spec
@@ -164,8 +164,7 @@ def main(argv=None) -> None:
         result.setdefault("train_seed", run_config.get("seed"))
     print(format_table(result))
     if args.out:
-        if os.path.exists(args.out):  # appeared while we were evaluating
-            raise UserError(f"{args.out!r} already exists; choose another --out")
+        fileio.refuse_existing(args.out, "--out")  # it may have appeared meanwhile
         fileio.write_json(args.out, result)
         print(f"wrote {args.out}")
 

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 
-from rslad_tf.common import vocabulary
+from rslad_tf.common import fileio, vocabulary
 from rslad_tf.common.errors import ArgumentParser, UserError, run_cli
 from rslad_tf.evaluation.result import EvalResult
 
@@ -385,7 +385,6 @@ def plot_clean_vs_aa(rows, path: str) -> str:
 
 def _finish_plot(plt, fig, ax, path: str) -> None:
     """Grid and legend, then the figure written atomically as a PNG at ``path``."""
-    from rslad_tf.common import fileio
 
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="best")
@@ -533,13 +532,10 @@ def main(argv=None) -> None:
         targets += [("--plot-dir", os.path.join(args.plot_dir, name))
                     for name in ("clean_vs_aa.png", "eps_sweep.png")]
     for option, path in targets:
-        if os.path.exists(path):
-            raise UserError(f"{path!r} exists; choose another {option} (nothing is "
-                            "overwritten)")
+        fileio.refuse_existing(path, option)
     evals = load_evals(args.inputs)
     rows = build_table(evals)
     text = render(rows if args.no_paper else with_paper(rows), args.format)
-    from rslad_tf.common import fileio
 
     if args.out:
         fileio.write_text(args.out, text)

@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from rslad_tf.common import fileio
 from rslad_tf.common.errors import ArgumentParser, UserError, run_cli
 
 # The targets of issue 8: final robust accuracies within this many percentage points ...
@@ -231,8 +232,8 @@ def main(argv=None) -> None:
         raise UserError(f"--n-examples must be a positive integer, got {args.n_examples}")
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be a positive integer, got {args.batch_size}")
-    if args.json and os.path.exists(args.json):
-        raise UserError(f"{args.json!r} already exists; choose another --json")
+    if args.json:
+        fileio.refuse_existing(args.json, "--json")
     options = {k: getattr(args, k) for k in ("n_iter", "n_queries", "n_target_classes")
                if getattr(args, k) is not None}
     attacks = [a.strip() for a in args.attacks.split(",") if a.strip()] if args.attacks else None
@@ -262,8 +263,7 @@ def main(argv=None) -> None:
         raise UserError(str(exc)) from None
     print(format_report(result))
     if args.json:
-        from rslad_tf.common import fileio
-
+        fileio.refuse_existing(args.json, "--json")  # it may have appeared meanwhile
         fileio.write_json(args.json, result)
         print(f"wrote {args.json}")
 

@@ -444,8 +444,7 @@ def run(argv=None) -> str:
 
     if not args.out.endswith(".keras"):
         raise ConversionError(f"--out must end in .keras, got {args.out}")
-    if os.path.exists(args.out):
-        raise ConversionError(f"{args.out} already exists; not overwriting it")
+    fileio.refuse_existing(args.out, "--out", ConversionError)
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise ConversionError(f"the directory of {args.out} does not exist")
     if not os.path.isfile(args.src):

@@ -28,6 +28,7 @@ import tempfile
 import numpy as np
 
 from rslad_tf.interop.artifacts import FORMATS, SUFFIX
+from rslad_tf.common import fileio
 from rslad_tf.common.errors import ArgumentParser, UserError, run_cli
 
 # Keras' format name for each of ours.
@@ -41,9 +42,7 @@ FLOAT_TOLERANCE = 1e-4
 
 def check_out_path(fmt: str, out: str) -> None:
     """`UserError` unless ``out`` is a new path with the suffix the format needs."""
-    if os.path.lexists(out):
-        raise UserError(f"{out!r} already exists; choose another --out (nothing is "
-                        "overwritten)")
+    fileio.refuse_existing(out, "--out")
     suffix = os.path.splitext(out)[1].lower()
     if fmt in SUFFIX and suffix != SUFFIX[fmt]:
         raise UserError(f"--format {fmt} writes a {SUFFIX[fmt]} file; give --out a name "
@@ -123,8 +122,7 @@ def export(model, fmt: str, out: str, *, dataset: str = "digits", data_dir: str 
         staged = os.path.join(tmp, os.path.basename(os.path.normpath(out)))
         say(f"exporting {model.name} as {fmt}")
         _write(model, fmt, staged, calibration=calibration)
-        if os.path.lexists(out):  # appeared while converting
-            raise UserError(f"{out!r} already exists; choose another --out")
+        fileio.refuse_existing(out, "--out")  # it may have appeared while converting
         os.rename(staged, out)
     try:
         artifact = artifacts.load(out)
@@ -195,7 +193,7 @@ def main(argv=None) -> None:
     if args.calibration_images <= 0:
         raise UserError(f"--calibration-images must be positive, got {args.calibration_images}")
     from rslad_tf.methods import saving
-    from rslad_tf.common import fileio, runtime
+    from rslad_tf.common import runtime
     from rslad_tf.data import check_model_fits, spec
 
     run_config = fileio.run_config_of(args.checkpoint) or {}
