@@ -332,10 +332,13 @@ def test_run_local_tiny_two_methods(tmp_path):
         assert noise not in log, noise
 
 
+@pytest.mark.slow
 def test_run_local_tiny_sweep(tmp_path):
     """The sweep graph end to end: one method x 2 seeds x 2 grid cells (student widths) at
     the digits-tiny budget; the report has one row per cell with mean and sample std over
-    the two seeds, and every run's numbers."""
+    the two seeds, and every run's numbers. Slow (about 170 s on 2 cores): the sweep's
+    planning, cell checks and aggregation have fast tests in tests/test_sweeps.py, and the
+    local runner itself is run end to end by `test_run_local_tiny_two_methods`."""
     import statistics
 
     params = rp.study_params("digits-tiny-sweep")
