@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +45,9 @@ LR_GRID = (0.05, 0.15, 0.5)
 LR_WIDTH, LR_EPSILON, LR_SEED = 8, 0.2, 0
 VALIDATION_FRACTION = 0.2
 SCREEN_SEEDS = (0,)
+DECISION_SEEDS = (1, 2)    # with the screen's seed 0: three seeds per decided cell
+TEACHER_MARGIN = 5.0       # points of AutoAttack accuracy (docs/study.md)
+SATURATED_CLEAN = 95.0     # clean accuracy (%) from which a student counts as saturated
 METHODS = ("sat", "rslad")
 
 
@@ -120,22 +124,55 @@ def chosen_learning_rates(out_root: str) -> dict[str, float] | None:
     return chosen
 
 
+VARIANTS = ("sat", "rslad-strong", "rslad-weak")  # SAT alone, RSLAD from each teacher
+
+
+def run_name(variant: str, width: int, eps: float, seed: int) -> str:
+    return f"screen-{variant}-w{width}-{_eps_tag(eps)}-seed{seed}"
+
+
+def cell_runs(out_root: str, rates: dict[str, float], eps: float, width: int,
+              seeds) -> list[Run]:
+    """The runs of one cell (radius, student width): every variant at each seed."""
+    runs = []
+    for seed in seeds:
+        for variant in VARIANTS:
+            method, _, strength = variant.partition("-")
+            teacher = teacher_name(strength, eps) if strength else None
+            runs.append(Run(run_name(variant, width, eps, seed),
+                            _student(method, width, eps, seed, rates[method], teacher,
+                                     out_root), needs=(teacher,) if teacher else ()))
+    return runs
+
+
 def screen_runs(out_root: str, rates: dict[str, float]) -> list[Run]:
     """SAT alone and RSLAD from each teacher, every width and radius, the screen's seeds."""
-    runs = []
-    for seed in SCREEN_SEEDS:
-        for eps in EPSILONS:
-            for width in WIDTHS:
-                runs.append(Run(f"screen-sat-w{width}-{_eps_tag(eps)}-seed{seed}",
-                                _student("sat", width, eps, seed, rates["sat"], None,
-                                         out_root)))
-                for strength in ("strong", "weak"):
-                    teacher = teacher_name(strength, eps)
-                    runs.append(Run(
-                        f"screen-rslad-{strength}-w{width}-{_eps_tag(eps)}-seed{seed}",
-                        _student("rslad", width, eps, seed, rates["rslad"], teacher,
-                                 out_root), needs=(teacher,)))
-    return runs
+    return [run for eps in EPSILONS for width in WIDTHS
+            for run in cell_runs(out_root, rates, eps, width, SCREEN_SEEDS)]
+
+
+def matches_paper(out_root: str, eps: float, width: int) -> bool | None:
+    """The protocol's test on the screen (docs/study.md): the strong teacher's AutoAttack
+    accuracy at least `TEACHER_MARGIN` points above the SAT student's, and the SAT
+    student's clean accuracy below `SATURATED_CLEAN`. None while either is missing."""
+    teacher = _eval(os.path.join(out_root, teacher_name("strong", eps)), "last")
+    sat = _eval(os.path.join(out_root, run_name("sat", width, eps, 0)), "last")
+    if teacher is None or sat is None:
+        return None
+    return (teacher["autoattack_acc"] >= sat["autoattack_acc"] + TEACHER_MARGIN
+            and sat["clean_acc"] < SATURATED_CLEAN)
+
+
+def decision_runs(out_root: str, rates: dict[str, float]) -> list[Run]:
+    """The decision stage's extra seeds: the cells that match the paper's conditions
+    first, then the others; empty until the screen has finished."""
+    screen = screen_runs(out_root, rates)
+    if not all(is_done(out_root, r) for r in screen):
+        return []
+    cells = [(eps, width) for eps in EPSILONS for width in WIDTHS]
+    cells.sort(key=lambda cell: not matches_paper(out_root, *cell))
+    return [run for cell in cells
+            for run in cell_runs(out_root, rates, *cell, DECISION_SEEDS)]
 
 
 def _last_row(run_dir: str) -> dict | None:
@@ -160,7 +197,9 @@ def all_runs(out_root: str) -> list[Run]:
     first_teacher, *other_teachers = teacher_runs()
     runs = [first_teacher, *lr_runs(out_root), *other_teachers]
     rates = chosen_learning_rates(out_root)
-    return runs + (screen_runs(out_root, rates) if rates is not None else [])
+    if rates is None:
+        return runs
+    return runs + screen_runs(out_root, rates) + decision_runs(out_root, rates)
 
 
 def run_all(out_root: str, workers: int, log=print) -> int:
@@ -225,10 +264,9 @@ def _acc(result: dict | None, key: str) -> str:
     return "-" if value is None else f"{float(value):.1f}"
 
 
-def tables(out_root: str) -> str:
-    """The grid's and the screen's tables in Markdown, from the run directories."""
+def _grid_table(out_root: str) -> list[str]:
     lines = ["Learning-rate grid (width 8, eps 0.2, seed 0, last epoch, validation split "
-             f"of {VALIDATION_FRACTION:g}):", "",
+             f"of {VALIDATION_FRACTION:g}; validation clean / PGD-20 accuracy, %):", "",
              "| method | " + " | ".join(f"lr {lr:g}" for lr in LR_GRID) + " | chosen |",
              "| --- |" + " --- |" * (len(LR_GRID) + 1)]
     rates = chosen_learning_rates(out_root)
@@ -240,28 +278,98 @@ def tables(out_root: str) -> str:
                          f"{float(row['clean_acc']):.1f} / {float(row['pgd20_acc']):.1f}")
         chosen = f"{rates[method]:g}" if rates else "-"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {chosen} |")
-    lines += ["", "Cells are validation clean / PGD-20 accuracy (%).", ""]
-    lines += ["Screen (seed 0; test set, all 450 points; clean / AutoAttack, last and best "
-              "checkpoints):", "",
-              "| eps | student width | teacher AA (strong / weak) | SAT last | "
-              "RSLAD strong last | RSLAD weak last | SAT best | RSLAD strong best | "
-              "RSLAD weak best |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    return lines
+
+
+def _seeds_of(out_root: str, variant: str, width: int, eps: float, which: str) -> list:
+    """The eval results of one variant in one cell, one per finished seed."""
+    seeds = (*SCREEN_SEEDS, *DECISION_SEEDS)
+    results = [_eval(os.path.join(out_root, run_name(variant, width, eps, seed)), which)
+               for seed in seeds]
+    return [r for r in results if r is not None]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    return (statistics.mean(values),
+            statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean, std = _mean_std(values)
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def verdict(rslad: list[float], sat: list[float]) -> str:
+    """The protocol's reading of one comparison (docs/study.md): the difference of means,
+    called clear only beyond twice the larger standard deviation over seeds."""
+    if len(rslad) < 2 or len(sat) < 2:
+        return "one seed"
+    (m_r, s_r), (m_s, s_s) = _mean_std(rslad), _mean_std(sat)
+    diff = m_r - m_s
+    if abs(diff) > 2 * max(s_r, s_s):
+        return f"{diff:+.1f}: RSLAD {'better' if diff > 0 else 'worse'}"
+    return f"{diff:+.1f}: no clear difference"
+
+
+def tables(out_root: str) -> str:
+    """The study's tables in Markdown, from the run directories: the learning-rate grid,
+    the cells (mean ± sample std over the finished seeds), and every run."""
+    lines = _grid_table(out_root)
+    lines += ["", "Cells (test set, all 450 points, last checkpoints; AutoAttack accuracy "
+              "%, mean ± sample std over the n seeds that finished):", "",
+              "| eps | width | matches the paper | teacher AA strong / weak | n | SAT | "
+              "RSLAD strong | RSLAD weak | SAT clean | strong - SAT | weak - SAT |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for eps in EPSILONS:
         strong = _eval(os.path.join(out_root, teacher_name("strong", eps)), "last")
         weak = _eval(os.path.join(out_root, teacher_name("weak", eps)), "last")
         teacher_cell = f"{_acc(strong, 'autoattack')} / {_acc(weak, 'autoattack')}"
         for width in WIDTHS:
-            names = [f"screen-sat-w{width}-{_eps_tag(eps)}-seed0",
-                     f"screen-rslad-strong-w{width}-{_eps_tag(eps)}-seed0",
-                     f"screen-rslad-weak-w{width}-{_eps_tag(eps)}-seed0"]
-            cells = []
-            for which in ("last", "best"):
-                for name in names:
-                    result = _eval(os.path.join(out_root, name), which)
-                    cells.append(f"{_acc(result, 'clean')} / {_acc(result, 'autoattack')}")
-            lines.append(f"| {eps:g} | {width} | {teacher_cell} | " + " | ".join(cells) + " |")
+            aa = {v: [r["autoattack_acc"] for r in _seeds_of(out_root, v, width, eps, "last")]
+                  for v in VARIANTS}
+            clean = [r["clean_acc"] for r in _seeds_of(out_root, "sat", width, eps, "last")]
+            match = matches_paper(out_root, eps, width)
+            n = "/".join(str(len(aa[v])) for v in VARIANTS)
+            lines.append(
+                f"| {eps:g} | {width} | {'-' if match is None else 'yes' if match else 'no'} "
+                f"| {teacher_cell} | {n} | {_spread(aa['sat'])} | "
+                f"{_spread(aa['rslad-strong'])} | {_spread(aa['rslad-weak'])} | "
+                f"{_spread(clean)} | {verdict(aa['rslad-strong'], aa['sat'])} | "
+                f"{verdict(aa['rslad-weak'], aa['sat'])} |")
+    lines += ["", "Every run (test set, all 450 points; clean / AutoAttack %; the best "
+              "checkpoint is chosen by PGD-20 on the first 200 test points):", "",
+              "| run | last | best | best epoch |", "| --- | --- | --- | --- |"]
+    for run in [*teacher_runs(), *_screen_any(out_root), *_decision_any(out_root)]:
+        last = _eval(os.path.join(out_root, run.name), "last")
+        best = _eval(os.path.join(out_root, run.name), "best")
+        if last is None:
+            continue
+        lines.append(f"| {run.name} | {_acc(last, 'clean')} / {_acc(last, 'autoattack')} | "
+                     f"{_acc(best, 'clean')} / {_acc(best, 'autoattack')} | "
+                     f"{_best_epoch(os.path.join(out_root, run.name))} |")
     return "\n".join(lines)
+
+
+def _decision_any(out_root: str) -> list[Run]:
+    rates = chosen_learning_rates(out_root) or {m: LR_GRID[0] for m in METHODS}
+    return [run for eps in EPSILONS for width in WIDTHS
+            for run in cell_runs(out_root, rates, eps, width, DECISION_SEEDS)]
+
+
+def _best_epoch(run_dir: str) -> str:
+    """The epoch (from 1) whose selection PGD-20 was highest (the first on a tie), as the
+    trainer picks ``best.keras``."""
+    path = os.path.join(run_dir, "history.csv")
+    if not os.path.isfile(path):
+        return "-"
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(f) if r.get("pgd20_acc")]
+    if not rows:
+        return "-"
+    best = max(rows, key=lambda r: (float(r["pgd20_acc"]), -int(r["epoch"])))
+    return str(int(best["epoch"]) + 1)
 
 
 def main(argv=None) -> int:

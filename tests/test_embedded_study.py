@@ -49,23 +49,34 @@ def fake_trainer(monkeypatch):
 
 def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     started, scores, _ = fake_trainer
-    scores.update({"lr-sat-lr0.15": 60.0, "lr-rslad-lr0.05": 55.0, "lr-rslad-lr0.5": 55.0})
+    scores.update({"lr-sat-lr0.15": 60.0, "lr-rslad-lr0.05": 55.0, "lr-rslad-lr0.5": 55.0,
+                   # eps 0.3: the strong teacher 30 points above SAT (clean 91% < 95%), so
+                   # those cells match the paper's conditions; eps 0.2's do not (50 = 50).
+                   "teacher-w64-eps0.3": 80.0})
     assert study.run_all(str(tmp_path), workers=2, log=lambda m: None) == 0
     names = [r.name for r in started]
-    # 2 teachers, 2 x 3 grid runs, 3 widths x 2 radii x (SAT + RSLAD from 2 teachers).
-    assert len(names) == len(set(names)) == 2 + 6 + 18
+    # 2 teachers, 2 x 3 grid runs, 3 widths x 2 radii x 3 variants x (1 + 2 seeds).
+    assert len(names) == len(set(names)) == 2 + 6 + 18 + 36
     assert names[0] == "teacher-w64-eps0.2"
     for run in started:  # nothing starts before what it needs
         for need in run.needs:
             assert names.index(need) < names.index(run.name), (run.name, need)
     grid_end = max(names.index(n) for n in names if n.startswith("lr-"))
     assert all(names.index(n) > grid_end for n in names if n.startswith("screen-"))
+    # The decision stage starts after the whole screen, the matching cells first.
+    screen_end = max(names.index(n) for n in names if n.endswith("seed0"))
+    decision = [n for n in names if not n.endswith("seed0") and n.startswith("screen-")]
+    assert min(names.index(n) for n in decision) > screen_end
+    assert all("eps0.3" in n for n in decision[:18]) and "eps0.2" in decision[18]
+    assert study.matches_paper(str(tmp_path), 0.3, 8) is True
+    assert study.matches_paper(str(tmp_path), 0.2, 8) is False
     # The grid's choice: highest validation PGD-20, the smaller rate on a tie.
     assert study.chosen_learning_rates(str(tmp_path)) == {"sat": 0.15, "rslad": 0.05}
     by_name = {r.name: r for r in started}
-    sat = by_name["screen-sat-w4-eps0.3-seed0"].args
+    sat = by_name["screen-sat-w4-eps0.3-seed2"].args
     assert "learning_rate=0.15" in sat and "--epsilon" in sat and "0.3" in sat
-    weak = by_name["screen-rslad-weak-w8-eps0.3-seed0"].args
+    assert sat[sat.index("--seed") + 1] == "2"
+    weak = by_name["screen-rslad-weak-w8-eps0.3-seed1"].args
     assert os.path.join(str(tmp_path), "screen-sat-w16-eps0.3-seed0", "checkpoints",
                         "last.keras") in weak and "learning_rate=0.05" in weak
     grid = by_name["lr-rslad-lr0.5"].args
@@ -77,7 +88,18 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     assert started == []
     table = study.tables(str(tmp_path))
     assert "| sat | 90.0 / 50.0 | 90.0 / 60.0 | 90.0 / 50.0 | 0.15 |" in table
-    assert "| 0.3 | 16 | 50.0 / 50.0 | 91.0 / 50.0 |" in table
+    assert ("| 0.3 | 16 | yes | 80.0 / 50.0 | 3/3/3 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 "
+            "| 91.0 ± 0.0 | +0.0: no clear difference |") in table
+    assert "| screen-rslad-weak-w4-eps0.2-seed2 | 91.0 / 50.0 | 91.0 / 50.0 | 1 |" in table
+
+
+def test_verdict_follows_the_stated_rule():
+    assert study.verdict([60.0, 62.0, 61.0], [55.0, 56.0, 54.0]) == "+6.0: RSLAD better"
+    assert study.verdict([50.0, 51.0, 52.0], [55.0, 56.0, 54.0]) == "-4.0: RSLAD worse"
+    # 2 points apart with a spread of 2: within twice the larger std.
+    assert study.verdict([53.0, 57.0, 55.0], [52.0, 54.0, 53.0]) == \
+        "+2.0: no clear difference"
+    assert study.verdict([60.0], [50.0]) == "one seed"
 
 
 def test_a_failed_run_stops_only_what_needs_it(tmp_path, fake_trainer):
