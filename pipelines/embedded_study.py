@@ -53,12 +53,18 @@ METHODS = ("sat", "rslad")
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One training run of the study: its directory name, the trainer's arguments and
-    the runs it needs first."""
+    """One job of the study: a training run (its directory name, the trainer's arguments)
+    or, with ``evaluates`` set to "last" or "best", the evaluation of that checkpoint of
+    the training run ``name``; and the jobs it needs first."""
     name: str
-    args: tuple
+    args: tuple = ()
     needs: tuple = ()
     validation: bool = False
+    evaluates: str | None = None
+
+    @property
+    def job(self) -> str:
+        return f"{self.name}:eval-{self.evaluates}" if self.evaluates else self.name
 
 
 def _eps_tag(eps: float) -> str:
@@ -74,7 +80,8 @@ def teacher_name(strength: str, eps: float) -> str:
 
 def _common(eps: float, seed: int) -> tuple:
     return ("--epochs", str(EPOCHS), "--set", f"lr_milestones={list(MILESTONES)}",
-            "--epsilon", f"{eps:g}", "--seed", str(seed), "--device-data", "on")
+            "--epsilon", f"{eps:g}", "--seed", str(seed), "--device-data", "on",
+            "--no-final-eval")
 
 
 def _student(method: str, width: int, eps: float, seed: int, lr: float,
@@ -94,7 +101,7 @@ def lr_runs(out_root: str) -> list[Run]:
         teacher = teacher_name("strong", LR_EPSILON) if method == "rslad" else None
         for lr in LR_GRID:
             args = _student(method, LR_WIDTH, LR_EPSILON, LR_SEED, lr, teacher, out_root)
-            args += ("--set", f"validation_fraction={VALIDATION_FRACTION}", "--no-final-eval")
+            args += ("--set", f"validation_fraction={VALIDATION_FRACTION}",)
             runs.append(Run(f"lr-{method}-lr{lr:g}", args,
                             needs=(teacher,) if teacher else (), validation=True))
     return runs
@@ -165,12 +172,13 @@ def matches_paper(out_root: str, eps: float, width: int) -> bool | None:
 
 def decision_runs(out_root: str, rates: dict[str, float]) -> list[Run]:
     """The decision stage's extra seeds: the cells that match the paper's conditions
-    first, then the others; empty until the screen has finished."""
-    screen = screen_runs(out_root, rates)
-    if not all(is_done(out_root, r) for r in screen):
-        return []
+    first, then the others; empty until every cell's conditions can be read (the
+    teachers' and the SAT screen students' last checkpoints evaluated)."""
     cells = [(eps, width) for eps in EPSILONS for width in WIDTHS]
-    cells.sort(key=lambda cell: not matches_paper(out_root, *cell))
+    matches = {cell: matches_paper(out_root, *cell) for cell in cells}
+    if any(m is None for m in matches.values()):
+        return []
+    cells.sort(key=lambda cell: not matches[cell])
     return [run for cell in cells
             for run in cell_runs(out_root, rates, *cell, DECISION_SEEDS)]
 
@@ -185,67 +193,116 @@ def _last_row(run_dir: str) -> dict | None:
 
 
 def is_done(out_root: str, run: Run) -> bool:
+    """A training run is done when its history has every epoch and its last checkpoint
+    exists; an evaluation when its eval JSON exists."""
     run_dir = os.path.join(out_root, run.name)
-    if run.validation:
-        return _last_row(run_dir) is not None
-    return os.path.isfile(os.path.join(run_dir, "eval_last.json"))
+    if run.evaluates:
+        return os.path.isfile(os.path.join(run_dir, f"eval_{run.evaluates}.json"))
+    if _last_row(run_dir) is None:
+        return False
+    return run.validation or os.path.isfile(os.path.join(run_dir, "checkpoints",
+                                                         "last.keras"))
+
+
+def evaluation(run: Run, which: str, needs=()) -> Run:
+    """The job that evaluates checkpoint ``which`` of training run ``run`` (the full
+    suite on every test point, `python -m rslad_tf.evaluate`)."""
+    return Run(run.name, needs=(run.name, *needs), evaluates=which)
 
 
 def all_runs(out_root: str) -> list[Run]:
-    """Every run of the protocol known so far (the screen once the grid has chosen)."""
-    # The radius-0.2 teacher first: the RSLAD grid waits for it.
-    first_teacher, *other_teachers = teacher_runs()
-    runs = [first_teacher, *lr_runs(out_root), *other_teachers]
+    """Every job of the protocol known so far, in the order they start when ready: the
+    teacher at 0.2 (the RSLAD grid waits for it), the grid, the other teacher, the
+    screen's training runs, the last checkpoints' evaluations (teachers, SAT, RSLAD), the
+    decision stage, and the best checkpoints' evaluations last."""
+    teachers = teacher_runs()
+    jobs = [teachers[0], *lr_runs(out_root), *teachers[1:]]
     rates = chosen_learning_rates(out_root)
     if rates is None:
-        return runs
-    return runs + screen_runs(out_root, rates) + decision_runs(out_root, rates)
+        return jobs + [evaluation(t, "last") for t in teachers]
+    screen = screen_runs(out_root, rates)
+    jobs += screen
+    jobs += [evaluation(t, "last") for t in teachers]
+    jobs += sorted((evaluation(r, "last") for r in screen),
+                   key=lambda job: not job.name.startswith("screen-sat-"))
+    decision = decision_runs(out_root, rates)
+    for run in decision:
+        jobs += [run, evaluation(run, "last")]
+    jobs += [evaluation(r, "best") for r in (*teachers, *screen, *decision)]
+    return jobs
 
 
 def run_all(out_root: str, workers: int, log=print) -> int:
-    """Train every unfinished run, at most `workers` at a time, each once its `needs` are
-    done; returns the number of runs that failed."""
+    """Run every unfinished job, at most `workers` at a time, each once the training runs
+    it needs are done; returns the number of jobs that failed or could not run. A run
+    directory that another process is still writing (a study interrupted and restarted)
+    is left to it."""
     os.makedirs(out_root, exist_ok=True)
     running, failed, tried = {}, set(), set()
     while True:
-        for name, (proc, start) in list(running.items()):
+        for job, (proc, start) in list(running.items()):
             if proc.poll() is not None:
-                del running[name]
+                del running[job]
                 ok = proc.returncode == 0
                 if not ok:
-                    failed.add(name)
-                log(f"{'done' if ok else f'FAILED (exit {proc.returncode})'} {name} "
+                    failed.add(job)
+                log(f"{'done' if ok else f'FAILED (exit {proc.returncode})'} {job} "
                     f"in {time.time() - start:.0f} s")
-        todo = [r for r in all_runs(out_root) if r.name not in tried
+        busy = _dirs_in_use(out_root)
+        todo = [r for r in all_runs(out_root) if r.job not in tried
                 and not is_done(out_root, r)]
-        ready = [r for r in todo if all(is_done_name(out_root, n) for n in r.needs)]
+        ready = [r for r in todo if r.name not in busy
+                 and all(is_done(out_root, Run(n)) for n in r.needs)]
         while ready and len(running) < workers:
             run = ready.pop(0)
-            tried.add(run.name)
-            running[run.name] = (_start(out_root, run), time.time())
-            log(f"start {run.name}")
-        if not running:
+            tried.add(run.job)
+            running[run.job] = (_start(out_root, run), time.time())
+            log(f"start {run.job}")
+        if not running and not (busy & {r.name for r in todo}):
             for run in todo:
-                log(f"not run: {run.name} (needs {', '.join(run.needs)})")
+                log(f"not run: {run.job} (needs {', '.join(run.needs)})")
             return len(failed) + len(todo)
         time.sleep(5)
 
 
-def is_done_name(out_root: str, name: str) -> bool:
-    return any(r.name == name and is_done(out_root, r)
-               for r in lr_runs(out_root) + teacher_runs() + _screen_any(out_root))
+def _dirs_in_use(out_root: str) -> set[str]:
+    """Names of the run directories under ``out_root`` that a live process was started
+    to write (``--out DIR`` of a trainer, ``--out DIR/eval_*.json`` of an evaluation)."""
+    root = os.path.abspath(out_root)
+    names = set()
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().decode(errors="replace").split("\0")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except (OSError, ValueError):
+            continue
+        for i, arg in enumerate(argv[:-1]):
+            if arg == "--out":
+                path = os.path.join(cwd, argv[i + 1])
+                rel = os.path.relpath(path, root)
+                if not rel.startswith(".."):
+                    names.add(rel.split(os.sep)[0])
+    return names
 
 
 def _screen_any(out_root: str) -> list[Run]:
-    # The weak teachers are screen runs; their names do not depend on the rates.
+    # The screen's run names do not depend on the rates.
     return screen_runs(out_root, chosen_learning_rates(out_root) or
                        {m: LR_GRID[0] for m in METHODS})
 
 
 def _start(out_root: str, run: Run) -> subprocess.Popen:
     run_dir = os.path.join(out_root, run.name)
-    cmd = [sys.executable, "-m", "rslad_tf.train", *run.args, "--out", run_dir]
-    out = open(os.path.join(out_root, f"{run.name}.log"), "w")
+    if run.evaluates:
+        cmd = [sys.executable, "-m", "rslad_tf.evaluate",
+               os.path.join(run_dir, "checkpoints", f"{run.evaluates}.keras"),
+               "--out", os.path.join(run_dir, f"eval_{run.evaluates}.json")]
+        log_path = os.path.join(out_root, f"{run.name}.eval-{run.evaluates}.log")
+    else:
+        cmd = [sys.executable, "-m", "rslad_tf.train", *run.args, "--out", run_dir]
+        log_path = os.path.join(out_root, f"{run.name}.log")
+    out = open(log_path, "w")
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 

@@ -12,23 +12,27 @@ from pipelines import embedded_study as study
 
 
 class FakeRun:
-    """Finishes at once, writing a run directory as `python -m rslad_tf.train` would."""
+    """Finishes at once, writing what `python -m rslad_tf.train` (a complete history and
+    the last checkpoint) or `python -m rslad_tf.evaluate` (the eval JSON) would."""
 
     def __init__(self, out_root, run, pgd, fail):
         self.returncode = 1 if fail else 0
         if fail:
             return
         run_dir = os.path.join(out_root, run.name)
-        os.makedirs(run_dir)
+        if run.evaluates:
+            assert os.path.isfile(os.path.join(run_dir, "checkpoints", "last.keras"))
+            with open(os.path.join(run_dir, f"eval_{run.evaluates}.json"), "w") as f:
+                json.dump({"clean_acc": 91.0, "autoattack_acc": pgd}, f)
+            return
+        os.makedirs(os.path.join(run_dir, "checkpoints"))
         with open(os.path.join(run_dir, "history.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, ["epoch", "clean_acc", "pgd20_acc"])
             writer.writeheader()
             for epoch in range(study.EPOCHS):
                 writer.writerow({"epoch": epoch, "clean_acc": 90.0, "pgd20_acc": pgd})
         if not run.validation:
-            for which in ("best", "last"):
-                with open(os.path.join(run_dir, f"eval_{which}.json"), "w") as f:
-                    json.dump({"clean_acc": 91.0, "autoattack_acc": pgd}, f)
+            open(os.path.join(run_dir, "checkpoints", "last.keras"), "w").close()
 
     def poll(self):
         return self.returncode
@@ -40,9 +44,10 @@ def fake_trainer(monkeypatch):
 
     def start(out_root, run):
         started.append(run)
-        return FakeRun(out_root, run, scores.get(run.name, 50.0), run.name in failing)
+        return FakeRun(out_root, run, scores.get(run.name, 50.0), run.job in failing)
 
     monkeypatch.setattr(study, "_start", start)
+    monkeypatch.setattr(study, "_dirs_in_use", lambda out_root: set())
     monkeypatch.setattr(study.time, "sleep", lambda s: None)
     return started, scores, failing
 
@@ -54,25 +59,37 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
                    # those cells match the paper's conditions; eps 0.2's do not (50 = 50).
                    "teacher-w64-eps0.3": 80.0})
     assert study.run_all(str(tmp_path), workers=2, log=lambda m: None) == 0
-    names = [r.name for r in started]
-    # 2 teachers, 2 x 3 grid runs, 3 widths x 2 radii x 3 variants x (1 + 2 seeds).
-    assert len(names) == len(set(names)) == 2 + 6 + 18 + 36
-    assert names[0] == "teacher-w64-eps0.2"
-    for run in started:  # nothing starts before what it needs
+    jobs = [r.job for r in started]
+    trained = [r.name for r in started if not r.evaluates]
+    # 2 teachers, 2 x 3 grid runs, 3 widths x 2 radii x 3 variants x (1 + 2 seeds); every
+    # run but the grid's evaluated at its last and its best checkpoint.
+    assert len(trained) == len(set(trained)) == 2 + 6 + 18 + 36
+    assert len(jobs) == len(set(jobs)) == len(trained) + 2 * (2 + 18 + 36)
+    assert jobs[0] == "teacher-w64-eps0.2"
+    for run in started:  # nothing starts before the training runs it needs
         for need in run.needs:
-            assert names.index(need) < names.index(run.name), (run.name, need)
-    grid_end = max(names.index(n) for n in names if n.startswith("lr-"))
-    assert all(names.index(n) > grid_end for n in names if n.startswith("screen-"))
-    # The decision stage starts after the whole screen, the matching cells first.
-    screen_end = max(names.index(n) for n in names if n.endswith("seed0"))
-    decision = [n for n in names if not n.endswith("seed0") and n.startswith("screen-")]
-    assert min(names.index(n) for n in decision) > screen_end
+            assert trained.index(need) < trained.index(run.name) or run.evaluates
+            assert jobs.index(need) < jobs.index(run.job), (run.job, need)
+    grid_end = max(jobs.index(n) for n in jobs if n.startswith("lr-"))
+    assert all(jobs.index(n) > grid_end for n in jobs if n.startswith("screen-"))
+    # Last checkpoints are evaluated before the best ones, SAT's before RSLAD's.
+    first_best = min(i for i, j in enumerate(jobs) if j.endswith(":eval-best"))
+    assert all(i < first_best for i, j in enumerate(jobs) if j.endswith(":eval-last"))
+    screen_evals = [j for j in jobs if j.endswith("seed0:eval-last")]
+    assert all("screen-sat" in j for j in screen_evals[:6])
+    # The decision stage starts once the screen's conditions can be read, the matching
+    # cells first.
+    conditions_read = max(jobs.index(f"{n}:eval-last") for n in jobs
+                          if n.startswith(("screen-sat-", "teacher-")) and n.endswith(
+                              ("seed0", "eps0.2", "eps0.3")))
+    decision = [n for n in trained if n.startswith("screen-") and not n.endswith("seed0")]
+    assert min(jobs.index(n) for n in decision) > conditions_read
     assert all("eps0.3" in n for n in decision[:18]) and "eps0.2" in decision[18]
     assert study.matches_paper(str(tmp_path), 0.3, 8) is True
     assert study.matches_paper(str(tmp_path), 0.2, 8) is False
     # The grid's choice: highest validation PGD-20, the smaller rate on a tie.
     assert study.chosen_learning_rates(str(tmp_path)) == {"sat": 0.15, "rslad": 0.05}
-    by_name = {r.name: r for r in started}
+    by_name = {r.name: r for r in started if not r.evaluates}
     sat = by_name["screen-sat-w4-eps0.3-seed2"].args
     assert "learning_rate=0.15" in sat and "--epsilon" in sat and "0.3" in sat
     assert sat[sat.index("--seed") + 1] == "2"
@@ -81,6 +98,7 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
                         "last.keras") in weak and "learning_rate=0.05" in weak
     grid = by_name["lr-rslad-lr0.5"].args
     assert "validation_fraction=0.2" in grid and "--no-final-eval" in grid
+    assert "--no-final-eval" in sat  # evaluations are jobs of their own
     assert not any("validation_fraction" in a for a in sat)
     # A second run finds everything finished and starts nothing.
     started.clear()
@@ -110,7 +128,24 @@ def test_a_failed_run_stops_only_what_needs_it(tmp_path, fake_trainer):
     names = [r.name for r in started]
     assert "lr-sat-lr0.5" in names and "teacher-w64-eps0.3" in names
     assert not any(n.startswith("lr-rslad") for n in names)
-    assert left == 1 + 3  # the teacher, and the RSLAD grid that waits for it
+    assert left == 1 + 3 + 1  # the teacher, the RSLAD grid and the teacher's evaluation
     assert "FAILED (exit 1) teacher-w64-eps0.2 in 0 s" in messages
     assert any(m.startswith("not run: lr-rslad-lr0.05 (needs teacher-w64-eps0.2)")
                for m in messages)
+
+
+def test_a_run_directory_another_process_writes_is_left_to_it(tmp_path):
+    """A restarted study must not start a job whose directory a live process (say the
+    trainer started before the restart) is still writing."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "--out", str(root / "teacher-w64-eps0.2")])
+    try:
+        assert "teacher-w64-eps0.2" in study._dirs_in_use(str(root))
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "teacher-w64-eps0.2" not in study._dirs_in_use(str(root))
