@@ -17,6 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bottom to top. A module may import modules of its own layer or of lower ones.
 LAYERS = (
     ("common", ("rslad_tf.common",)),
+    ("backends", ("rslad_tf.backends",)),
     ("data, models and losses", ("rslad_tf.data", "rslad_tf.models", "rslad_tf.losses")),
     ("transforms and attacks", ("rslad_tf.transforms", "rslad_tf.attacks")),
     ("methods", ("rslad_tf.methods",)),

@@ -3,7 +3,7 @@ Adaptive Adversarial Distillation", CVPR 2023): the teacher takes part in the in
 maximisation instead of supplying a fixed target."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rslad_tf import losses
 from rslad_tf.methods.base import AdversarialMethod
@@ -21,11 +21,11 @@ def adaad_loss(teacher_logits_adv, teacher_logits_nat, student_logits_adv, stude
     batch ("batchmean") on CIFAR-100. Returns (total, adv_term, nat_term); no gradient
     flows into the teacher's logits.
     """
-    soft_adv = tf.stop_gradient(tf.nn.softmax(teacher_logits_adv, axis=-1))
-    soft_nat = tf.stop_gradient(tf.nn.softmax(teacher_logits_nat, axis=-1))
-    kl_adv = losses.kl_divergence(soft_adv, tf.nn.log_softmax(student_logits_adv, axis=-1),
+    soft_adv = ops.stop_gradient(ops.softmax(teacher_logits_adv, axis=-1))
+    soft_nat = ops.stop_gradient(ops.softmax(teacher_logits_nat, axis=-1))
+    kl_adv = losses.kl_divergence(soft_adv, ops.log_softmax(student_logits_adv, axis=-1),
                                   reduction=reduction)
-    kl_nat = losses.kl_divergence(soft_nat, tf.nn.log_softmax(student_logits_nat, axis=-1),
+    kl_nat = losses.kl_divergence(soft_nat, ops.log_softmax(student_logits_nat, axis=-1),
                                   reduction=reduction)
     return alpha * kl_adv + (1.0 - alpha) * kl_nat, kl_adv, kl_nat
 
@@ -68,8 +68,8 @@ class AdaADModel(IGDMOption, AdversarialMethod):
     def student_logits(self, x, x_adv):
         """S(x') and S(x) in training mode (the reference computes both every step, so the
         BatchNorm statistics see clean and adversarial batches whatever alpha is)."""
-        logits_adv = tf.cast(self.student(x_adv, training=True), tf.float32)
-        logits_nat = tf.cast(self.student(x, training=True), tf.float32)
+        logits_adv = ops.cast(self.student(x_adv, training=True), "float32")
+        logits_nat = ops.cast(self.student(x, training=True), "float32")
         return logits_adv, logits_nat
 
     def loss_terms(self, x, x_adv, y, ctx):
@@ -120,6 +120,6 @@ class AdaIADModel(AdaADModel):
             temperature=self.temperature, beta=self.beta, reduction=self.reduction)
         tau2 = self.temperature * self.temperature
         introspective = self.epoch >= self.warmup_epochs
-        total = tf.where(introspective, iad_total, tau2 * distill)
+        total = ops.where(introspective, iad_total, tau2 * distill)
         terms = {"loss": total, "kl": distill, "self_kl": self_kl, "logits": logits_adv}
         return self.with_igdm(terms, x, x_adv, logits_adv, teacher_plus=teacher_adv)

@@ -1,7 +1,7 @@
 """ARD (Goldblum et al. 2020): adversarially robust distillation with tempered soft labels."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rslad_tf import losses
 from rslad_tf.methods.base import AdversarialMethod
@@ -37,8 +37,8 @@ class ARDModel(AdversarialMethod):
         return self.run_pgd(x, y, loss="ce")
 
     def loss_terms(self, x, x_adv, y, ctx):
-        logits_adv = tf.cast(self.student(x_adv, training=True), tf.float32)
-        logits_nat = tf.cast(self.student(x, training=True), tf.float32)
+        logits_adv = ops.cast(self.student(x_adv, training=True), "float32")
+        logits_nat = ops.cast(self.student(x, training=True), "float32")
         total, kl, ce = losses.ard_loss(ctx["teacher_logits"], logits_adv, logits_nat, y,
                                         alpha=self.alpha, temperature=self.temperature,
                                         reduction=self.reduction)

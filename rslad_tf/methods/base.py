@@ -13,6 +13,12 @@ A method subclass says three things, each in one place:
 only (teacher frozen and never in training mode), PyTorch-style coupled weight decay, and
 loss scaling so N replicas under `tf.distribute` compute the same update as one device.
 
+Every Keras backend: the pieces above are written in ``keras.ops``; the update itself is
+written once per backend in `rslad_tf.backends` (TensorFlow: a tape; JAX: the stateless
+``train_step(state, data)``; torch: ``torch.autograd.grad``), around the shared
+`attack_phase`, `loss_terms`, `with_weight_decay` and `update_metrics`. Under JAX and torch
+nothing here imports TensorFlow.
+
 Fast paths (runtime options, off by default, never saved with the model):
 
 - ``attach_device_data(DeviceData)``: batches arrive as ``{"index": [B]}`` and the images
@@ -24,6 +30,9 @@ Fast paths (runtime options, off by default, never saved with the model):
   weights, updated after every optimizer step (`rslad_tf.methods.ema`).
 - ``set_attack_batchnorm_folding(True)``: the training attack runs the student with each
   BatchNorm folded into its convolution (inference mode only; same function up to rounding).
+
+These fast paths, and in-batch augmentation, are TensorFlow paths: on JAX and torch the
+attach calls refuse with a clear error (folding is skipped with a warning).
 - A student built under a mixed precision policy is detected: the attack objective stays
   float32 (scaled for float16), the fraction of zero input gradients is logged as
   ``zero_grad_frac``, and a `keras.optimizers.LossScaleOptimizer` gets its loss scaled.
@@ -31,14 +40,14 @@ Fast paths (runtime options, off by default, never saved with the model):
 
 from __future__ import annotations
 
-import keras
-import tensorflow as tf
+import sys
 
-from rslad_tf import losses
+import keras
+from keras import ops
+
+from rslad_tf import backends, losses
 from rslad_tf.attacks import pgd_graph
 from rslad_tf.transforms.bn_folding import folded_view
-from rslad_tf.data import augment
-from rslad_tf.methods.soft_label_cache import variant_ids
 
 # float16 attack objectives are multiplied by this before the input gradient (the step uses
 # its sign only): keeps small gradients from underflowing in float16 backprop.
@@ -183,10 +192,17 @@ class AdversarialMethod(keras.Model):
     def teacher_cache(self):
         return self._teacher_cache
 
+    def _tensorflow_only(self, what: str) -> None:
+        if not backends.is_tensorflow():
+            raise ValueError(f"{what} is a TensorFlow path; the {backends.name()} backend "
+                             "trains without it (set KERAS_BACKEND=tensorflow to use it)")
+
     def attach_device_data(self, data) -> None:
         """Train from a `rslad_tf.data.device_data.DeviceData` (or None to detach): `fit`
         then takes its ``index_dataset`` (batches ``{"index": [B]}``) and the step gathers
         the images and labels on the device."""
+        if data is not None:
+            self._tensorflow_only("device data")
         self._device_data = data
         self._retrace()
 
@@ -196,8 +212,10 @@ class AdversarialMethod(keras.Model):
         if cache is not None and not self.supports_teacher_cache:
             raise ValueError(f"{type(self).__name__} has no cacheable teacher output "
                              "(only methods whose teacher sees clean images only)")
-        if cache is not None and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-            raise ValueError("the teacher soft-label cache works on one device only")
+        if cache is not None:
+            self._tensorflow_only("the teacher soft-label cache")
+            if backends.current().num_replicas() > 1:
+                raise ValueError("the teacher soft-label cache works on one device only")
         self._teacher_cache = cache
         self._retrace()
 
@@ -208,8 +226,10 @@ class AdversarialMethod(keras.Model):
     def attach_weight_average(self, average) -> None:
         """Update ``average`` (a `rslad_tf.methods.ema.WeightAverage` of the student, or None
         to detach) after every optimizer step. One device only."""
-        if average is not None and tf.distribute.get_strategy().num_replicas_in_sync > 1:
-            raise ValueError("the weight average works on one device only")
+        if average is not None:
+            self._tensorflow_only("the weight average")
+            if backends.current().num_replicas() > 1:
+                raise ValueError("the weight average works on one device only")
         self._weight_average = average
         self._retrace()
 
@@ -217,7 +237,9 @@ class AdversarialMethod(keras.Model):
         """Fold BatchNorm into the convolutions for the training attack (inference-mode
         attacks only). Returns whether anything is folded."""
         factory = None
-        if enabled and self.attack_batchnorm == "inference":
+        if enabled and not backends.is_tensorflow():
+            backends.tensorflow_only("BatchNorm folding of the training attack")
+        elif enabled and self.attack_batchnorm == "inference":
             factory = folded_view(self.student)
         self._attack_view_factory = factory
         self._retrace()
@@ -225,7 +247,8 @@ class AdversarialMethod(keras.Model):
 
     def fit(self, *args, callbacks=None, **kwargs):
         data = args[0] if args else kwargs.get("x")
-        if isinstance(data, tf.data.Dataset):
+        tf = sys.modules.get("tensorflow")  # a tf.data input means TensorFlow is loaded
+        if tf is not None and isinstance(data, tf.data.Dataset):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself
         callbacks = list(callbacks or []) + [_EpochCounter(self)]
         return super().fit(*args, callbacks=callbacks, **kwargs)
@@ -286,51 +309,70 @@ class AdversarialMethod(keras.Model):
 
     def teacher_logits(self, x):
         """Teacher logits in inference mode, no gradient (the teacher is never trained)."""
-        return tf.stop_gradient(tf.cast(self.teacher(x, training=False), tf.float32))
+        return ops.stop_gradient(ops.cast(self.teacher(x, training=False), "float32"))
 
     def next_seed(self):
-        """A fresh stateless-RNG seed [2]; distinct per replica under `tf.distribute`
-        (replicas share the generator's state, so the replica id is folded in)."""
-        seed = tf.cast(self.seed_generator.next(), tf.int64)
-        replica = tf.distribute.get_replica_context()
-        if replica is not None and replica.num_replicas_in_sync > 1:
-            seed = seed + tf.cast([0, 1 << 20], tf.int64) * tf.cast(
-                replica.replica_id_in_sync_group, tf.int64)
-        return seed
+        """A fresh stateless-RNG seed [2] (TensorFlow); distinct per replica under
+        `tf.distribute` (replicas share the generator's state, so the replica id is folded
+        in)."""
+        return backends.current().replica_seed(self.seed_generator.next())
+
+    def attack_seed(self):
+        """The seed of the attack's random start: `next_seed` on TensorFlow, the method's
+        `SeedGenerator` itself elsewhere (the engine draws from it; under JAX its state is
+        part of the step's state and advances with it)."""
+        return self.next_seed() if backends.is_tensorflow() else self.seed_generator
 
     def run_pgd(self, x, y=None, target_probs=None, *, loss="ce", start=None,
                 target_model=None):
         """The training attack with this method's eps, step, steps and start.
         ``target_model``: the frozen model of objective "kl_model" (AdaAD's teacher)."""
         start = self.attack_start if start is None else start
-        seed = self.next_seed() if start != "none" else None
+        seed = self.attack_seed() if start != "none" else None
         # Shards (process default) are exact only in inference mode: with train-mode
         # BatchNorm each shard would normalise with its own batch statistics.
         shards = 1 if self.attack_batchnorm == "train" else None
+        stateful = self.attack_batchnorm == "train"
         if self.student_precision == "float32":
             return pgd_graph(self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
                              step_size=self.step_size, steps=self.attack_steps, loss=loss,
-                             start=start, seed=seed, shards=shards, target_model=target_model)
+                             start=start, seed=seed, shards=shards, target_model=target_model,
+                             stateful_model=stateful)
         scale = FLOAT16_ATTACK_OBJECTIVE_SCALE if self.student_precision == "float16" else 1.0
         x_adv, zero_fraction = pgd_graph(
             self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
             step_size=self.step_size, steps=self.attack_steps, loss=loss, start=start,
             seed=seed, objective_scale=scale, return_zero_fraction=True, shards=shards,
-            target_model=target_model)
+            target_model=target_model, stateful_model=stateful)
         self.zero_grad_tracker.update_state(zero_fraction)
         return x_adv
+
+    def _augment_module(self):
+        if not backends.is_tensorflow():
+            raise ValueError(f"in-batch augmentation (augment_padding/augment_flip) runs on "
+                             f"TensorFlow only for now; on {backends.name()} train with "
+                             "augment_padding=0, augment_flip=False")
+        from rslad_tf.data import augment
+
+        return augment
 
     def augment(self, x):
         if not self.augment_padding and not self.augment_flip:
             return x
+        augment = self._augment_module()
         return augment.pad_crop_flip(x, padding=self.augment_padding, flip=self.augment_flip,
                                      seed=self.next_seed())
 
     def augment_with_variant(self, x):
         """`augment` (same seeds, same result) that also returns each image's augmentation
         variant id [B] int32 (crop offset and flip; see `soft_label_cache.variant_ids`)."""
+        import tensorflow as tf  # the soft-label cache is a TensorFlow path
+
+        from rslad_tf.methods.soft_label_cache import variant_ids
+
         if not self.augment_padding and not self.augment_flip:
             return x, tf.zeros([tf.shape(x)[0]], tf.int32)
+        augment = self._augment_module()
         offsets, flips = augment.draw_params(tf.shape(x)[0], self.augment_padding,
                                              self.augment_flip, self.next_seed())
         x = augment.apply(x, offsets, flips, self.augment_padding)
@@ -340,7 +382,7 @@ class AdversarialMethod(keras.Model):
         """(x, y, index) of a batch: ``(x, y[, w])`` as Keras passes it (index None), or a
         dict with "index" (and "image"/"label", else gathered from the device data)."""
         if isinstance(data, dict) and "index" in data:
-            index = tf.cast(data["index"], tf.int32)
+            index = ops.cast(data["index"], "int32")
             if "image" in data:
                 return data["image"], data.get("label"), index
             if self._device_data is None:
@@ -351,9 +393,16 @@ class AdversarialMethod(keras.Model):
         return x, y, None
 
     # -- the step -------------------------------------------------------------------------
-    def train_step(self, data):
+    def train_step(self, *args):
+        """One optimizer step: ``(data)`` on TensorFlow and torch, ``(state, data)`` on JAX
+        (`rslad_tf.backends`, the one per-backend piece)."""
+        return backends.current().train_step(self, *args)
+
+    def attack_phase(self, data):
+        """(x, y, x_adv, ctx) of a batch: augmentation, `prepare` and the attack (no
+        gradient flows out of x_adv)."""
         x, y, index = self.unpack_batch(data)
-        x = tf.cast(x, tf.float32)
+        x = ops.cast(x, "float32")
         if self._teacher_cache is None:
             x = self.augment(x)
             ctx = self.prepare(x, y)
@@ -363,36 +412,35 @@ class AdversarialMethod(keras.Model):
                                  "indices: use DeviceData.index_dataset or indexed_dataset")
             x, variant = self.augment_with_variant(x)
             ctx = self.prepare_batch(x, y, index, variant)
-        x_adv = tf.stop_gradient(self.attack(x, y, ctx))
-        variables = self.student.trainable_variables
-        loss_scaling = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        if loss_scaling and not self.optimizer.built:
-            self.optimizer.build(variables)  # its dynamic scale must exist from the first step
-        with tf.GradientTape() as tape:
-            terms = self.loss_terms(x, x_adv, y, ctx)
-            # Gradients are summed over replicas: scale so N devices match one device.
-            scaled = terms["loss"] / tf.distribute.get_strategy().num_replicas_in_sync
-            if loss_scaling:  # float16: the optimizer unscales the gradients
-                scaled = self.optimizer.scale_loss(scaled)
-        grads = tape.gradient(scaled, variables)
-        if self.weight_decay:
-            # Replica gradients are summed: each replica adds its share of the L2 term.
-            decay = self.weight_decay / tf.distribute.get_strategy().num_replicas_in_sync
-            if loss_scaling:
-                decay = decay * tf.cast(self.optimizer.dynamic_scale, tf.float32)
-            grads = [g + decay * v for g, v in zip(grads, variables)]
-        self.optimizer.apply_gradients(zip(grads, variables))
-        if self._weight_average is not None:
-            self._weight_average.update()
+        return x, y, ops.stop_gradient(self.attack(x, y, ctx)), ctx
+
+    def with_weight_decay(self, grads, variables, *, replicas=1, loss_scale=None):
+        """``grads`` plus the coupled L2 term ``weight_decay * w`` (PyTorch's
+        ``SGD(weight_decay=...)``). Replica gradients are summed, so each of ``replicas``
+        adds its share; ``loss_scale``: the float16 loss scale the gradients carry."""
+        if not self.weight_decay:
+            return grads
+        decay = self.weight_decay / replicas
+        if loss_scale is not None:
+            decay = decay * ops.cast(loss_scale, "float32")
+        return [g + decay * v for g, v in zip(grads, variables)]
+
+    def update_metrics(self, terms, y):
+        """Log the loss terms and the accuracy of ``terms["logits"]``; returns the logs."""
         for name, tracker in self.loss_trackers.items():
             tracker.update_state(terms[name])
         self.accuracy_tracker.update_state(y, terms["logits"])
         return {m.name: m.result() for m in self.metrics}
 
-    def test_step(self, data):
-        """Clean accuracy and cross-entropy of the student in inference mode."""
+    def test_step(self, *args):
+        """Clean accuracy and cross-entropy of the student in inference mode (``(data)``;
+        ``(state, data)`` on JAX)."""
+        return backends.current().test_step(self, *args)
+
+    def evaluate_batch(self, data):
+        """The metrics of `test_step` for one batch."""
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        logits = tf.cast(self.student(x, training=False), tf.float32)
+        logits = ops.cast(self.student(x, training=False), "float32")
         ce = losses.cross_entropy(y, logits)
         self.loss_trackers["loss"].update_state(ce)
         self.accuracy_tracker.update_state(y, logits)

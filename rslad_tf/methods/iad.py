@@ -1,9 +1,9 @@
 """IAD-I (Zhu et al. 2022): introspective adversarial distillation."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
-from rslad_tf import losses
+from rslad_tf import backends, losses
 from rslad_tf.methods.ard import ARDModel
 
 
@@ -36,12 +36,12 @@ class IADModel(ARDModel):
         # statistics move once more per step; in the warm-up the step is ARD's. The second
         # pass gives the same logits and gradient as ARD's S(x) (training mode normalises
         # with the batch's own statistics), so the warm-up reuses those.
-        logits_nat = tf.cond(introspective,
-                             lambda: tf.cast(self.student(x, training=True), tf.float32),
-                             lambda: ard_logits_nat)
+        logits_nat = backends.cond(
+            introspective, lambda: ops.cast(self.student(x, training=True), "float32"),
+            lambda: ard_logits_nat)
         teacher_adv = self.teacher_logits(x_adv)
         iad_total, _, self_kl = losses.iad_loss(
             ctx["teacher_logits"], teacher_adv, logits_adv, logits_nat, y,
             temperature=self.temperature, beta=self.beta, reduction=self.reduction)
-        total = tf.where(introspective, iad_total, ard_terms["loss"])
+        total = ops.where(introspective, iad_total, ard_terms["loss"])
         return {**ard_terms, "loss": total, "self_kl": self_kl}

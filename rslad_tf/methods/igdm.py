@@ -18,7 +18,7 @@ the model must classify. The KL is summed over classes and averaged over the bat
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rslad_tf import losses
 
@@ -29,14 +29,14 @@ def igdm_divergence(teacher_plus, teacher_minus, student_plus, student_minus, *,
                     reduction: str = IGDM_REDUCTION):
     """KL(softmax(T(x+d) - T(x-d)) || softmax(S(x+d) - S(x-d))) from the four logits [B, K]
     (Lee et al. 2023, eq. 9). No gradient flows into the teacher's logits."""
-    target = tf.stop_gradient(tf.nn.softmax(teacher_plus - teacher_minus, axis=-1))
-    return losses.kl_divergence(target, tf.nn.log_softmax(student_plus - student_minus, axis=-1),
+    target = ops.stop_gradient(ops.softmax(teacher_plus - teacher_minus, axis=-1))
+    return losses.kl_divergence(target, ops.log_softmax(student_plus - student_minus, axis=-1),
                                 reduction=reduction)
 
 
 def igdm_weight(alpha: float, epoch, total_epochs: int):
     """alpha * (epoch + 1) / E for the 0-based ``epoch`` (the paper counts epochs from 1)."""
-    return float(alpha) * tf.cast(epoch + 1, tf.float32) / float(total_epochs)
+    return float(alpha) * ops.cast(epoch + 1, "float32") / float(total_epochs)
 
 
 class IGDMOption:
@@ -74,7 +74,7 @@ class IGDMOption:
         if teacher_plus is None:
             teacher_plus = self.teacher_logits(x_adv)
         teacher_minus = self.teacher_logits(x_minus)
-        student_minus = tf.cast(self.student(x_minus, training=True), tf.float32)
+        student_minus = ops.cast(self.student(x_minus, training=True), "float32")
         term = igdm_divergence(teacher_plus, teacher_minus, student_plus, student_minus)
         weight = igdm_weight(self.igdm_alpha, self.epoch, self.igdm_epochs)
         return {**terms, "loss": terms["loss"] + weight * term, "igdm": term}

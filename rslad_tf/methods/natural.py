@@ -1,7 +1,7 @@
 """Natural (standard) training: CE(S(x), y), no attack."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rslad_tf import losses
 from rslad_tf.methods.base import AdversarialMethod
@@ -18,5 +18,5 @@ class NaturalModel(AdversarialMethod):
         return x  # no inner maximisation
 
     def loss_terms(self, x, x_adv, y, ctx):
-        logits = tf.cast(self.student(x, training=True), tf.float32)
+        logits = ops.cast(self.student(x, training=True), "float32")
         return {"loss": losses.cross_entropy(y, logits), "logits": logits}

@@ -1,7 +1,7 @@
 """RSLAD (Zi et al., ICCV 2021): robust soft label adversarial distillation."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rslad_tf import losses
 from rslad_tf.methods.base import AdversarialMethod
@@ -48,24 +48,24 @@ class RSLADModel(IGDMOption, AdversarialMethod):
     def prepare(self, x, y):
         teacher_logits = self.teacher_logits(x)  # T(x) on clean images only, once per batch
         return {"teacher_logits": teacher_logits,
-                "soft_labels": tf.nn.softmax(teacher_logits, axis=-1)}
+                "soft_labels": ops.softmax(teacher_logits, axis=-1)}
 
     def prepare_batch(self, x, y, index=None, variant=None):
         """`prepare`, with T(x) read from the soft-label cache when one is attached (the
         same logits bit for bit: the cache stores what the teacher computed)."""
         if self.teacher_cache is None or index is None:
             return self.prepare(x, y)
-        teacher_logits = tf.stop_gradient(
+        teacher_logits = ops.stop_gradient(
             self.teacher_cache.lookup(self.teacher_logits, x, index, variant))
         return {"teacher_logits": teacher_logits,
-                "soft_labels": tf.nn.softmax(teacher_logits, axis=-1)}
+                "soft_labels": ops.softmax(teacher_logits, axis=-1)}
 
     def attack(self, x, y, ctx):
         return self.run_pgd(x, target_probs=ctx["soft_labels"], loss="kl")
 
     def loss_terms(self, x, x_adv, y, ctx):
-        logits_adv = tf.cast(self.student(x_adv, training=True), tf.float32)
-        logits_nat = tf.cast(self.student(x, training=True), tf.float32)
+        logits_adv = ops.cast(self.student(x_adv, training=True), "float32")
+        logits_nat = ops.cast(self.student(x, training=True), "float32")
         total, kl_adv, kl_nat = losses.rslad_loss(
             ctx["teacher_logits"], logits_adv, logits_nat, adv_weight=self.adv_weight,
             nat_weight=self.nat_weight, reduction=self.reduction, scale=self.scale)

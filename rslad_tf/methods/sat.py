@@ -1,7 +1,7 @@
 """SAT / PGD-AT (Madry et al. 2018): train on PGD examples with hard labels."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rslad_tf import losses
 from rslad_tf.methods.base import AdversarialMethod
@@ -19,5 +19,5 @@ class SATModel(AdversarialMethod):
         return self.run_pgd(x, y, loss="ce")
 
     def loss_terms(self, x, x_adv, y, ctx):
-        logits_adv = tf.cast(self.student(x_adv, training=True), tf.float32)
+        logits_adv = ops.cast(self.student(x_adv, training=True), "float32")
         return {"loss": losses.cross_entropy(y, logits_adv), "logits": logits_adv}

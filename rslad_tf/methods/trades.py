@@ -1,7 +1,7 @@
 """TRADES (Zhang et al. 2019): natural CE plus a KL robustness regulariser."""
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from rslad_tf import losses
 from rslad_tf.methods.base import AdversarialMethod
@@ -27,15 +27,15 @@ class TRADESModel(AdversarialMethod):
         return {**super().hyperparameters(), "beta": self.beta, "reduction": self.reduction}
 
     def prepare(self, x, y):
-        clean_probs = tf.nn.softmax(tf.cast(self.student(x, training=False), tf.float32))
-        return {"clean_probs": tf.stop_gradient(clean_probs)}
+        clean_probs = ops.softmax(ops.cast(self.student(x, training=False), "float32"))
+        return {"clean_probs": ops.stop_gradient(clean_probs)}
 
     def attack(self, x, y, ctx):
         return self.run_pgd(x, target_probs=ctx["clean_probs"], loss="kl")
 
     def loss_terms(self, x, x_adv, y, ctx):
-        logits_nat = tf.cast(self.student(x, training=True), tf.float32)
-        logits_adv = tf.cast(self.student(x_adv, training=True), tf.float32)
+        logits_nat = ops.cast(self.student(x, training=True), "float32")
+        logits_adv = ops.cast(self.student(x_adv, training=True), "float32")
         total, ce, kl = losses.trades_loss(logits_nat, logits_adv, y, beta=self.beta,
                                            reduction=self.reduction)
         return {"loss": total, "ce": ce, "kl": kl, "logits": logits_adv}

@@ -1,0 +1,50 @@
+"""PyTorch: ``torch.autograd.grad`` for the attack's input gradient and for the update of
+the student; nothing is ever accumulated into the model's ``.grad`` (no ``.backward()``)."""
+
+from __future__ import annotations
+
+import keras
+import torch
+
+
+def input_gradient(fn, x):
+    """d fn(x) / dx for ``x`` alone (zeros where fn has no gradient path to its input)."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        value = fn(x)
+        if not value.requires_grad:
+            return torch.zeros_like(x)
+        (grad,) = torch.autograd.grad(value, [x], allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
+
+
+def train_step(method, data):
+    """One step of an `AdversarialMethod`: the attack without a graph over the weights,
+    then the gradient of the loss with respect to the student's trainable variables."""
+    with torch.no_grad():  # the attack takes its own input gradients (`input_gradient`)
+        x, y, x_adv, ctx = method.attack_phase(data)
+    variables = method.student.trainable_variables
+    optimizer = method.optimizer
+    loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    if loss_scaling and not optimizer.built:
+        optimizer.build(variables)
+    terms = method.loss_terms(x, x_adv, y, ctx)
+    loss = optimizer.scale_loss(terms["loss"]) if loss_scaling else terms["loss"]
+    values = [v.value for v in variables]
+    grads = torch.autograd.grad(loss, values, allow_unused=True)
+    with torch.no_grad():
+        grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, values)]
+        scale = optimizer.dynamic_scale.value if loss_scaling else None
+        grads = method.with_weight_decay(grads, values, loss_scale=scale)
+        optimizer.apply(grads, variables)
+        terms = {k: v.detach() for k, v in terms.items()}
+        return method.update_metrics(terms, y)
+
+
+def cond(pred, true_fn, false_fn):
+    return true_fn() if bool(pred) else false_fn()
+
+
+def test_step(method, data):
+    with torch.no_grad():
+        return method.evaluate_batch(data)
