@@ -31,17 +31,19 @@ import sys
 import time
 
 from rslad_tf.common.errors import UserError, run_cli
+from rslad_tf.config import presets
 
-# The stated budget rule (docs/study.md): every method, student and teacher trains for
-# the same number of epochs with the same step schedule.
-EPOCHS = 100
-MILESTONES = (75, 90)
+# The stated budget rule and the grid live with the presets they produced
+# (`rslad_tf.config.presets`, "The embedded study's budget"): every method, student and
+# teacher trains for the same number of epochs with the same step schedule.
+EPOCHS = presets.STUDY_EPOCHS
+MILESTONES = presets.STUDY_MILESTONES
 WIDTHS = (4, 8, 16)
 EPSILONS = (0.2, 0.3)
-TEACHER_WIDTH = 64
-TEACHER_LR = 0.05          # the digits SAT preset's rate; teachers are not tuned
+TEACHER_WIDTH = presets.DIGITS_TEACHER_WIDTH
+TEACHER_LR = presets.STUDY_TEACHER_LEARNING_RATE   # teachers are not tuned
 WEAK_TEACHER_WIDTH = 16    # the weak teacher is the SAT student of this width
-LR_GRID = (0.05, 0.15, 0.5)
+LR_GRID = presets.STUDY_LR_GRID
 LR_WIDTH, LR_EPSILON, LR_SEED = 8, 0.2, 0
 VALIDATION_FRACTION = 0.2
 SCREEN_SEEDS = (0,)

@@ -149,3 +149,26 @@ def test_a_run_directory_another_process_writes_is_left_to_it(tmp_path):
         proc.kill()
         proc.wait()
     assert "teacher-w64-eps0.2" not in study._dirs_in_use(str(root))
+
+
+def test_study_presets_are_the_runs_the_driver_trains():
+    """`digits-study-sat` / `-rslad` / `-teacher` record the study's budget and chosen
+    rates: the driver's width-16, eps-0.2, seed-0 runs (at the presets' rates) resolve to
+    the same experiment as the presets, apart from the preset name and the teacher."""
+    from rslad_tf.config import presets
+    from rslad_tf.training import cli
+
+    rates = presets.STUDY_LEARNING_RATES
+    assert set(rates) == set(study.METHODS)
+    assert all(rate in presets.STUDY_LR_GRID for rate in rates.values())
+    runs = {r.name: r for r in study.screen_runs("/runs", rates) + study.teacher_runs()}
+    for preset, name in (("digits-study-sat", "screen-sat-w16-eps0.2-seed0"),
+                         ("digits-study-rslad", "screen-rslad-strong-w16-eps0.2-seed0"),
+                         ("digits-study-teacher", "teacher-w64-eps0.2")):
+        args = cli.build_parser().parse_args([*runs[name].args, "--out", "/runs/x"])
+        resolved = cli.resolve_config(args).experiment()
+        expected = presets.get(preset).experiment()
+        for key in ("preset", "teacher_preset", "teacher_hint"):
+            resolved.pop(key), expected.pop(key)
+        assert resolved == expected, preset
+    assert presets.get("digits-study-rslad").teacher_preset == "digits-study-teacher"
