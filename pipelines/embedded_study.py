@@ -215,18 +215,18 @@ def evaluation(run: Run, which: str, needs=()) -> Run:
 def all_runs(out_root: str) -> list[Run]:
     """Every job of the protocol known so far, in the order they start when ready: the
     teacher at 0.2 (the RSLAD grid waits for it), the grid, the other teacher, the
-    screen's training runs, the last checkpoints' evaluations (teachers, SAT, RSLAD), the
-    decision stage, and the best checkpoints' evaluations last."""
+    teachers' evaluations, the screen cell by cell (each run trained, then its last
+    checkpoint evaluated), the decision stage the same way, and the best checkpoints'
+    evaluations last."""
     teachers = teacher_runs()
     jobs = [teachers[0], *lr_runs(out_root), *teachers[1:]]
     rates = chosen_learning_rates(out_root)
     if rates is None:
         return jobs + [evaluation(t, "last") for t in teachers]
     screen = screen_runs(out_root, rates)
-    jobs += screen
     jobs += [evaluation(t, "last") for t in teachers]
-    jobs += sorted((evaluation(r, "last") for r in screen),
-                   key=lambda job: not job.name.startswith("screen-sat-"))
+    for run in screen:  # cell by cell, so that whole cells finish first
+        jobs += [run, evaluation(run, "last")]
     decision = decision_runs(out_root, rates)
     for run in decision:
         jobs += [run, evaluation(run, "last")]
