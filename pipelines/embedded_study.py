@@ -3,6 +3,7 @@ student? (protocol and results: docs/study.md)
 
     python -m pipelines.embedded_study run [--out runs/embedded-study] [--workers 2]
     python -m pipelines.embedded_study table [--out runs/embedded-study]
+    python -m pipelines.embedded_study collect [--out runs/embedded-study] [--to DIR]
 
 ``run`` trains every run of the protocol that is not finished yet (a run directory with
 ``eval_last.json``, or for a validation run a complete ``history.csv``), ``--workers`` at
@@ -11,7 +12,10 @@ dependencies allow: the learning-rate grid on the validation split, the teachers
 the screen. A run that failed is reported and its directory left for inspection; it is
 never overwritten (the trainer refuses an existing directory), so delete it to retry.
 ``table`` prints the learning-rate grid and the screen's table in Markdown from the run
-directories, the tables docs/study.md shows.
+directories, the tables docs/study.md shows. ``collect`` copies every run's record
+(configuration, history, eval JSONs; no checkpoints) into ``--to``, by default the
+repository's docs/study_runs, from which ``table --out docs/study_runs`` prints the same
+tables on a fresh clone.
 
 The pipeline's sweep (``--study digits-embedded``) runs the same kind of cells on a
 cluster; this driver exists because the study needs teachers at two radii and of two
@@ -431,15 +435,43 @@ def _best_epoch(run_dir: str) -> str:
     return str(int(best["epoch"]) + 1)
 
 
+RECORD_FILES = ("config.json", "history.csv", "eval_last.json", "eval_best.json")
+
+
+def collect(out_root: str, to: str) -> int:
+    """Copy each run's record (`RECORD_FILES`, no checkpoints) from ``out_root`` into
+    ``to``, where `tables` reads them as from the runs themselves; files already there are
+    kept (the record only grows). Returns the number of files copied."""
+    import shutil
+
+    copied = 0
+    for name in sorted(os.listdir(out_root)):
+        src = os.path.join(out_root, name)
+        if not os.path.isfile(os.path.join(src, "config.json")):
+            continue
+        for record in RECORD_FILES:
+            path, dest = os.path.join(src, record), os.path.join(to, name, record)
+            if os.path.isfile(path) and not os.path.exists(dest):
+                os.makedirs(os.path.dirname(dest), exist_ok=True)
+                shutil.copyfile(path, dest)
+                copied += 1
+    return copied
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.embedded_study",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "table"))
+    parser.add_argument("command", choices=("run", "table", "collect"))
     parser.add_argument("--out", default=os.path.join("runs", "embedded-study"),
                         help="where the run directories live")
     parser.add_argument("--workers", type=int, default=2,
                         help="runs trained at the same time (default 2)")
+    parser.add_argument("--to", default=os.path.join("docs", "study_runs"),
+                        help="collect: where the runs' records go (default docs/study_runs)")
     args = parser.parse_args(argv)
+    if args.command == "collect":
+        print(f"copied {collect(args.out, args.to)} files to {args.to}")
+        return 0
     if args.workers <= 0:
         raise UserError(f"--workers must be a positive integer, got {args.workers}")
     if args.command == "table":

@@ -26,6 +26,8 @@ class FakeRun:
                 json.dump({"clean_acc": 91.0, "autoattack_acc": pgd}, f)
             return
         os.makedirs(os.path.join(run_dir, "checkpoints"))
+        with open(os.path.join(run_dir, "config.json"), "w") as f:
+            json.dump({"preset": run.args[1]}, f)
         with open(os.path.join(run_dir, "history.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, ["epoch", "clean_acc", "pgd20_acc"])
             writer.writeheader()
@@ -173,3 +175,15 @@ def test_study_presets_are_the_runs_the_driver_trains():
             resolved.pop(key), expected.pop(key)
         assert resolved == expected, preset
     assert presets.get("digits-study-rslad").teacher_preset == "digits-study-teacher"
+
+
+def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer):
+    """The record in the repository (no checkpoints) gives the same tables as the runs,
+    and collecting again keeps what is there."""
+    runs, record = str(tmp_path / "runs"), str(tmp_path / "record")
+    assert study.run_all(runs, workers=2, log=lambda m: None) == 0
+    copied = study.collect(runs, record)
+    assert copied == 6 * 2 + 56 * 4  # the grid: config + history; the rest: all four
+    assert not any(f.endswith(".keras") for _, _, files in os.walk(record) for f in files)
+    assert study.tables(record) == study.tables(runs)
+    assert study.collect(runs, record) == 0
