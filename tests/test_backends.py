@@ -17,7 +17,9 @@ are calibrated by deliberately wrong variants computed by the JAX worker (one at
 lost, the student's loss in inference mode, weight decay left out), each of which must miss
 its tolerance. The workers also check that under JAX and torch no TensorFlow was imported,
 and pass a `.keras` file along: saved by TensorFlow, trained and saved by JAX, then by torch,
-and trained once more by TensorFlow here.
+and trained once more by TensorFlow here. The slow test also checks, on every backend,
+`evaluate` and validation metrics, the public `pgd` with a seeded uniform start, a float16
+student with loss scaling, and the seed's state after TRADES' random starts.
 
 TRADES: its attack objective KL(S(x) || S(x')) has a zero gradient at x' = x, so from x the
 first step follows rounding noise (tests/test_step_parity.py); its parity runs attack from
@@ -136,7 +138,46 @@ def _weights(method):
     return np.concatenate([np.ravel(w) for w in method.student.get_weights()])
 
 
-def _worker(out_path, keras_in=None, keras_out=None, only=None, variants=False):
+def _extras(out):
+    """`evaluate` / validation, the public `pgd` with a seeded uniform start, a float16
+    student with loss scaling, and TRADES' normal start advancing the seed's state."""
+    import keras
+    from keras import ops
+
+    from rslad_tf import attacks, models
+    from rslad_tf.methods import RSLADModel, TRADESModel
+
+    x, y = _batch()
+    method = _build("rslad", {})
+    history = method.fit(x, y, batch_size=B, epochs=2, verbose=0, shuffle=False,
+                         validation_data=(x, y)).history
+    for k in ("val_loss", "val_acc"):
+        out[f"extras/{k}"] = np.asarray(history[k])
+    out["extras/epoch"] = ops.convert_to_numpy(method.epoch.value)
+    out["extras/evaluate"] = np.asarray(method.evaluate(x, y, verbose=0))
+    student = _models["student"]
+    runs = [ops.convert_to_numpy(attacks.pgd(student, x, y, eps=EPS / 2, steps=STEPS,
+                                             start="uniform", seed=3)) for _ in range(2)]
+    out["extras/pgd_uniform"], out["extras/pgd_uniform_again"] = runs
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        half = models.create("small_cnn", K, input_shape=(H, H, 1), width=4)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    mixed = RSLADModel(half, _models["teacher"], epsilon=EPS, step_size=STEP,
+                       attack_steps=STEPS, weight_decay=WEIGHT_DECAY)
+    mixed.compile(optimizer=keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LR)))
+    out["extras/float16_loss"] = np.asarray(
+        mixed.fit(x, y, batch_size=B, epochs=1, verbose=0).history["loss"])
+    trades = TRADESModel(_models["student"], epsilon=EPS, attack_steps=2, seed=5)
+    trades.compile(optimizer=keras.optimizers.SGD(LR))
+    trades.fit(x, y, batch_size=B, epochs=1, verbose=0, shuffle=False)
+    out["extras/trades_seed_state"] = ops.convert_to_numpy(
+        trades.seed_generator.state.value).astype("int64")
+
+
+def _worker(out_path, keras_in=None, keras_out=None, only=None, variants=False,
+            extras=False):
     """Record one backend's numbers (module docstring) into ``out_path`` (.npz); with
     ``keras_in``, load that `.keras` file, train it one epoch and save it to ``keras_out``."""
     from keras import ops
@@ -172,6 +213,8 @@ def _worker(out_path, keras_in=None, keras_out=None, only=None, variants=False):
             no_decay = _build(name, options, weight_decay=0.0)
             no_decay.fit(x, y, batch_size=B, epochs=1, verbose=0, shuffle=False)
             out[f"{key}/wrong/w2"] = _weights(no_decay)
+    if extras:
+        _extras(out)
     # Keras' own saving imports TensorFlow where it is installed (its serialisation checks
     # for tf.TensorShape), so the check comes before the `.keras` files.
     out["tensorflow_imported"] = np.asarray("tensorflow" in sys.modules)
@@ -222,11 +265,11 @@ def _env(backend):
                 PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def _run_workers(tmp_path, cases, saved):
+def _run_workers(tmp_path, cases, saved, extras=False):
     """One worker per backend, at the same time; JAX and torch also train ``saved``."""
     procs = {}
     for backend in BACKENDS:
-        kw = {"only": list(cases), "variants": backend == "jax"}
+        kw = {"only": list(cases), "variants": backend == "jax", "extras": extras}
         if backend != "tensorflow":
             kw.update(keras_in=saved, keras_out=str(tmp_path / f"{backend}.keras"))
         out = str(tmp_path / f"{backend}.npz")
@@ -313,13 +356,33 @@ def _check(results, cases):
                 np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, err_msg=k)
 
 
-def _agree(tmp_path, cases):
+def _check_extras(results):
+    ref = results["tensorflow"]
+    x, _ = _batch()
+    for backend, got in results.items():
+        np.testing.assert_allclose(got["extras/evaluate"], ref["extras/evaluate"], rtol=1e-4)
+        for k in ("extras/val_loss", "extras/val_acc"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-3, err_msg=f"{backend} {k}")
+        assert int(got["extras/epoch"]) == 1
+        x_adv = got["extras/pgd_uniform"]
+        assert np.abs(x_adv - x).max() <= EPS / 2 + 1e-6
+        assert 0.0 <= x_adv.min() <= x_adv.max() <= 1.0
+        assert np.abs(x_adv - x).max() > EPS / 4  # it moved
+        np.testing.assert_array_equal(x_adv, got["extras/pgd_uniform_again"])  # seeded
+        assert np.isfinite(got["extras/float16_loss"]).all(), backend
+        # One draw per step (two steps): the same state on every backend.
+        np.testing.assert_array_equal(got["extras/trades_seed_state"], [5, 2])
+
+
+def _agree(tmp_path, cases, extras=False):
     saved = str(tmp_path / "tensorflow.keras")
     method = _build("rslad", {})  # this process runs TensorFlow (tests/conftest.py)
     method.fit(*_batch(), batch_size=B, epochs=1, verbose=0, shuffle=False)
     method.save(saved)
-    results = _run_workers(tmp_path, cases, saved)
+    results = _run_workers(tmp_path, cases, saved, extras)
     _check(results, cases)
+    if extras:
+        _check_extras(results)
     # `.keras` files: TensorFlow's trained on JAX and on torch, theirs trained here.
     for backend in ("jax", "torch"):
         assert float(results[backend]["keras/moved"]) > 0.0, f"{backend} did not train"
@@ -332,7 +395,7 @@ def test_backends_agree_on_rslad(tmp_path):
 
 @pytest.mark.slow
 def test_backends_agree_on_every_method(tmp_path):
-    _agree(tmp_path, range(len(CASES)))
+    _agree(tmp_path, range(len(CASES)), extras=True)
 
 
 if __name__ == "__main__":
