@@ -9,8 +9,9 @@ student? (protocol and results: docs/study.md)
 ``eval_last.json``, or for a validation run a complete ``history.csv``), ``--workers`` at
 a time, each as its own ``python -m rslad_tf.train`` process, in the order the protocol's
 dependencies allow: the learning-rate grid on the validation split, the teachers, then
-the screen. A run that failed is reported and its directory left for inspection; it is
-never overwritten (the trainer refuses an existing directory), so delete it to retry.
+the screen and the decision stage. A training run that was stopped part-way (the study
+interrupted) continues with ``--resume``; one that failed is reported and its directory
+left for inspection, never overwritten.
 ``table`` prints the learning-rate grid and the screen's table in Markdown from the run
 directories, the tables docs/study.md shows. ``collect`` copies every run's record
 (configuration, history, eval JSONs; no checkpoints) into ``--to``, by default the
@@ -307,8 +308,11 @@ def _start(out_root: str, run: Run) -> subprocess.Popen:
         log_path = os.path.join(out_root, f"{run.name}.eval-{run.evaluates}.log")
     else:
         cmd = [sys.executable, "-m", "rslad_tf.train", *run.args, "--out", run_dir]
+        if os.path.isfile(os.path.join(run_dir, "config.json")):
+            # A run the study was stopped in: it continues from its saved state.
+            cmd.append("--resume")
         log_path = os.path.join(out_root, f"{run.name}.log")
-    out = open(log_path, "w")
+    out = open(log_path, "a")
     return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 

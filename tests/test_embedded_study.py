@@ -187,3 +187,19 @@ def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer)
     assert not any(f.endswith(".keras") for _, _, files in os.walk(record) for f in files)
     assert study.tables(record) == study.tables(runs)
     assert study.collect(runs, record) == 0
+
+
+def test_a_run_stopped_part_way_is_resumed(tmp_path, monkeypatch):
+    """The real `_start`: a run directory that holds a configuration but an incomplete
+    history (the study was stopped) is continued with --resume, not refused."""
+    import subprocess
+
+    commands = []
+    monkeypatch.setattr(subprocess, "Popen", lambda cmd, **kw: commands.append(cmd))
+    run = study.teacher_runs()[0]
+    study._start(str(tmp_path), run)
+    (tmp_path / run.name).mkdir()
+    (tmp_path / run.name / "config.json").write_text("{}")
+    study._start(str(tmp_path), run)
+    assert "--resume" not in commands[0] and commands[1][-1] == "--resume"
+    assert commands[1][:-1] == commands[0]
