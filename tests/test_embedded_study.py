@@ -34,7 +34,8 @@ class FakeRun:
             for epoch in range(study.EPOCHS):
                 writer.writerow({"epoch": epoch, "clean_acc": 90.0, "pgd20_acc": pgd})
         if not run.validation:
-            open(os.path.join(run_dir, "checkpoints", "last.keras"), "w").close()
+            for which in ("best", "last"):
+                open(os.path.join(run_dir, "checkpoints", f"{which}.keras"), "w").close()
 
     def poll(self):
         return self.returncode
@@ -183,10 +184,20 @@ def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer)
     runs, record = str(tmp_path / "runs"), str(tmp_path / "record")
     assert study.run_all(runs, workers=2, log=lambda m: None) == 0
     copied = study.collect(runs, record)
-    assert copied == 6 * 2 + 56 * 4  # the grid: config + history; the rest: all four
-    assert not any(f.endswith(".keras") for _, _, files in os.walk(record) for f in files)
+    # The grid: config + history; the rest: all four; and the 4 teachers' checkpoints.
+    assert copied == 6 * 2 + 56 * 4 + 4
+    kept = sorted(os.path.relpath(os.path.join(d, f), record)
+                  for d, _, files in os.walk(record) for f in files if f.endswith(".keras"))
+    assert kept == sorted(os.path.join(n, "checkpoints", "last.keras") for n in (
+        "teacher-w64-eps0.2", "teacher-w64-eps0.3", "screen-sat-w16-eps0.2-seed0",
+        "screen-sat-w16-eps0.3-seed0"))
     assert study.tables(record) == study.tables(runs)
     assert study.collect(runs, record) == 0
+    # The record is a study that is finished: continuing it starts nothing.
+    started, _, _ = fake_trainer
+    started.clear()
+    assert study.run_all(record, workers=2, log=lambda m: None) == 0
+    assert started == []
 
 
 def test_a_run_stopped_part_way_is_resumed(tmp_path, monkeypatch):
