@@ -4,6 +4,7 @@ student? (protocol and results: docs/study.md)
     python -m pipelines.embedded_study run [--out runs/embedded-study] [--workers 2]
     python -m pipelines.embedded_study table [--out runs/embedded-study]
     python -m pipelines.embedded_study collect [--out runs/embedded-study] [--to DIR]
+    python -m pipelines.embedded_study plot [--out runs/embedded-study] [--png FILE]
 
 ``run`` trains every run of the protocol that is not finished yet (a run directory with
 ``eval_last.json``, or for a validation run a complete ``history.csv``), ``--workers`` at
@@ -449,6 +450,52 @@ def _best_epoch(run_dir: str) -> str:
     return str(int(best["epoch"]) + 1)
 
 
+VARIANT_LABELS = {"sat": "SAT alone", "rslad-strong": "RSLAD, strong teacher",
+                  "rslad-weak": "RSLAD, weak teacher (SAT width 16)"}
+
+
+def plot(out_root: str, path: str) -> None:
+    """AutoAttack accuracy (last checkpoints, mean and sample std over the finished seeds)
+    against the student's parameter count, one panel per radius, one line per variant,
+    and the strong teacher's accuracy as a horizontal line; written to ``path`` (PNG),
+    which must not exist yet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rslad_tf.common import fileio
+
+    fileio.refuse_existing(path, "--png")
+    fig, axes = plt.subplots(1, len(EPSILONS), figsize=(5 * len(EPSILONS), 4), sharey=True)
+    for ax, eps in zip(axes, EPSILONS):
+        for variant in VARIANTS:
+            points = []
+            for width in WIDTHS:
+                results = _seeds_of(out_root, variant, width, eps, "last")
+                if results:
+                    mean, std = _mean_std([r["autoattack_acc"] for r in results])
+                    points.append((results[0]["params"], mean, std or 0.0))
+            if points:
+                xs, ys, errs = zip(*points)
+                ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3,
+                            label=VARIANT_LABELS[variant])
+        teacher = _eval(os.path.join(out_root, teacher_name("strong", eps)), "last")
+        if teacher is not None:
+            ax.axhline(teacher["autoattack_acc"], color="grey", linestyle="--",
+                       label=f"strong teacher ({teacher['params']:,} parameters)")
+        ax.set_xscale("log")
+        ax.set_xlabel("student parameters")
+        ax.set_title(f"digits, eps {eps:g}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AutoAttack accuracy (%), last checkpoint")
+    axes[-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fileio.write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120),
+                            suffix=".png")
+    plt.close(fig)
+
+
 RECORD_FILES = ("config.json", "history.csv", "eval_last.json", "eval_best.json")
 TEACHER_CHECKPOINT = os.path.join("checkpoints", "last.keras")
 
@@ -482,14 +529,20 @@ def collect(out_root: str, to: str) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.embedded_study",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("run", "table", "collect"))
+    parser.add_argument("command", choices=("run", "table", "collect", "plot"))
     parser.add_argument("--out", default=os.path.join("runs", "embedded-study"),
                         help="where the run directories live")
     parser.add_argument("--workers", type=int, default=2,
                         help="runs trained at the same time (default 2)")
     parser.add_argument("--to", default=os.path.join("docs", "study_runs"),
                         help="collect: where the runs' records go (default docs/study_runs)")
+    parser.add_argument("--png", default=os.path.join("docs", "study_aa_vs_size.png"),
+                        help="plot: the PNG to write (never overwritten)")
     args = parser.parse_args(argv)
+    if args.command == "plot":
+        plot(args.out, args.png)
+        print(f"wrote {args.png}")
+        return 0
     if args.command == "collect":
         print(f"copied {collect(args.out, args.to)} files to {args.to}")
         return 0

@@ -23,7 +23,8 @@ class FakeRun:
         if run.evaluates:
             assert os.path.isfile(os.path.join(run_dir, "checkpoints", "last.keras"))
             with open(os.path.join(run_dir, f"eval_{run.evaluates}.json"), "w") as f:
-                json.dump({"clean_acc": 91.0, "autoattack_acc": pgd}, f)
+                json.dump({"clean_acc": 91.0, "autoattack_acc": pgd,
+                           "params": 100 * len(run.name)}, f)
             return
         os.makedirs(os.path.join(run_dir, "checkpoints"))
         with open(os.path.join(run_dir, "config.json"), "w") as f:
@@ -214,3 +215,17 @@ def test_a_run_stopped_part_way_is_resumed(tmp_path, monkeypatch):
     study._start(str(tmp_path), run)
     assert "--resume" not in commands[0] and commands[1][-1] == "--resume"
     assert commands[1][:-1] == commands[0]
+
+
+def test_plot_of_accuracy_against_size_is_written_once(tmp_path, fake_trainer):
+    from rslad_tf.common.errors import UserError
+
+    runs = str(tmp_path / "runs")
+    assert study.run_all(runs, workers=2, log=lambda m: None) == 0
+    png = tmp_path / "aa_vs_size.png"
+    study.plot(runs, str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    before = png.read_bytes()
+    with pytest.raises(UserError, match="already exists; choose another --png"):
+        study.plot(runs, str(png))
+    assert png.read_bytes() == before
