@@ -514,8 +514,8 @@ def collect(out_root: str, to: str) -> int:
     copied = 0
     for name in sorted(os.listdir(out_root)):
         src = os.path.join(out_root, name)
-        if not os.path.isfile(os.path.join(src, "config.json")):
-            continue
+        if not os.path.isfile(os.path.join(src, "config.json")) or _last_row(src) is None:
+            continue  # not a run, or one still training: `run` finishes it where it is
         records = RECORD_FILES + ((TEACHER_CHECKPOINT,) if name in teachers else ())
         for record in records:
             path, dest = os.path.join(src, record), os.path.join(to, name, record)

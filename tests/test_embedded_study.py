@@ -194,6 +194,10 @@ def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer)
         "screen-sat-w16-eps0.3-seed0"))
     assert study.tables(record) == study.tables(runs)
     assert study.collect(runs, record) == 0
+    partial = os.path.join(runs, "screen-sat-w4-eps0.2-seed7")  # a run still training
+    os.makedirs(partial)
+    open(os.path.join(partial, "config.json"), "w").close()
+    assert study.collect(runs, record) == 0
     # The record is a study that is finished: continuing it starts nothing.
     started, _, _ = fake_trainer
     started.clear()
