@@ -469,6 +469,7 @@ def plot(out_root: str, path: str) -> None:
     fileio.refuse_existing(path, "--png")
     fig, axes = plt.subplots(1, len(EPSILONS), figsize=(5 * len(EPSILONS), 4), sharey=True)
     for ax, eps in zip(axes, EPSILONS):
+        sizes = set()
         for variant in VARIANTS:
             points = []
             for width in WIDTHS:
@@ -478,6 +479,7 @@ def plot(out_root: str, path: str) -> None:
                     points.append((results[0]["params"], mean, std or 0.0))
             if points:
                 xs, ys, errs = zip(*points)
+                sizes.update(xs)
                 ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3,
                             label=VARIANT_LABELS[variant])
         teacher = _eval(os.path.join(out_root, teacher_name("strong", eps)), "last")
@@ -485,11 +487,13 @@ def plot(out_root: str, path: str) -> None:
             ax.axhline(teacher["autoattack_acc"], color="grey", linestyle="--",
                        label=f"strong teacher ({teacher['params']:,} parameters)")
         ax.set_xscale("log")
+        ax.set_xticks(sorted(sizes), [f"{x:,}" for x in sorted(sizes)], minor=False)
+        ax.set_xticks([], minor=True)
         ax.set_xlabel("student parameters")
         ax.set_title(f"digits, eps {eps:g}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("AutoAttack accuracy (%), last checkpoint")
-    axes[-1].legend(fontsize=8, loc="lower right")
+    axes[0].legend(fontsize=8, loc="lower right")  # the eps-0.2 panel has room there
     fig.tight_layout()
     fileio.write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120),
                             suffix=".png")
