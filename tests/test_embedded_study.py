@@ -149,7 +149,13 @@ def test_a_run_directory_another_process_writes_is_left_to_it(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                              "--out", str(root / "teacher-w64-eps0.2")])
     try:
-        assert "teacher-w64-eps0.2" in study._dirs_in_use(str(root))
+        # Until the child has exec'd, /proc shows the parent's command line: wait for it.
+        import time
+
+        deadline = time.time() + 30
+        while "teacher-w64-eps0.2" not in study._dirs_in_use(str(root)):
+            assert time.time() < deadline, "the live writer was never seen"
+            time.sleep(0.1)
     finally:
         proc.kill()
         proc.wait()
