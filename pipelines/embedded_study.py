@@ -6,15 +6,16 @@ student? (protocol and results: docs/study.md)
     python -m pipelines.embedded_study collect [--out runs/embedded-study] [--to DIR]
     python -m pipelines.embedded_study plot [--out runs/embedded-study] [--png FILE]
 
-``run`` trains every run of the protocol that is not finished yet (a run directory with
-``eval_last.json``, or for a validation run a complete ``history.csv``), ``--workers`` at
-a time, each as its own ``python -m rslad_tf.train`` process, in the order the protocol's
-dependencies allow: the learning-rate grid on the validation split, the teachers, then
-the screen and the decision stage. A training run that was stopped part-way (the study
-interrupted) continues with ``--resume``; one that failed is reported and its directory
-left for inspection, never overwritten.
-``table`` prints the learning-rate grid and the screen's table in Markdown from the run
-directories, the tables docs/study.md shows. ``collect`` copies every run's record
+``run`` runs every job of the protocol that is not finished yet, ``--workers`` at a time,
+each as its own process: training runs (``python -m rslad_tf.train``; finished when the
+history has every epoch and the last checkpoint exists) and evaluations of their
+checkpoints (``python -m rslad_tf.evaluate``; finished when the eval JSON exists), in the
+order the protocol's dependencies allow: the learning-rate grid on the validation split,
+the teachers, then the screen and the decision stage (`all_runs`). A training run that
+was stopped part-way (the study interrupted) continues with ``--resume``; one that failed
+is reported and its directory left for inspection, never overwritten.
+``table`` prints the learning-rate grid, the cells and every run in Markdown from the
+run directories, the tables docs/study.md shows. ``collect`` copies every run's record
 (configuration, history, eval JSONs; of the checkpoints only the four teachers') into
 ``--to``, by default the repository's docs/study_runs, from which ``table --out
 docs/study_runs`` prints the same tables on a fresh clone and ``run --out
@@ -161,10 +162,15 @@ def cell_runs(out_root: str, rates: dict[str, float], eps: float, width: int,
     return runs
 
 
-def screen_runs(out_root: str, rates: dict[str, float]) -> list[Run]:
-    """SAT alone and RSLAD from each teacher, every width and radius, the screen's seeds."""
+def every_cell_runs(out_root: str, rates: dict[str, float], seeds) -> list[Run]:
+    """SAT alone and RSLAD from each teacher, every width and radius, at ``seeds``."""
     return [run for eps in EPSILONS for width in WIDTHS
-            for run in cell_runs(out_root, rates, eps, width, SCREEN_SEEDS)]
+            for run in cell_runs(out_root, rates, eps, width, seeds)]
+
+
+def screen_runs(out_root: str, rates: dict[str, float]) -> list[Run]:
+    """The screen: every cell at the screen's seeds."""
+    return every_cell_runs(out_root, rates, SCREEN_SEEDS)
 
 
 def matches_paper(out_root: str, eps: float, width: int) -> bool | None:
@@ -215,10 +221,10 @@ def is_done(out_root: str, run: Run) -> bool:
             or os.path.isfile(os.path.join(run_dir, "checkpoints", "last.keras")))
 
 
-def evaluation(run: Run, which: str, needs=()) -> Run:
+def evaluation(run: Run, which: str) -> Run:
     """The job that evaluates checkpoint ``which`` of training run ``run`` (the full
     suite on every test point, `python -m rslad_tf.evaluate`)."""
-    return Run(run.name, needs=(run.name, *needs), evaluates=which)
+    return Run(run.name, needs=(run.name,), evaluates=which)
 
 
 def all_runs(out_root: str) -> list[Run]:
@@ -304,10 +310,11 @@ def _dirs_in_use(out_root: str) -> set[str]:
     return names
 
 
-def _screen_any(out_root: str) -> list[Run]:
-    # The screen's run names do not depend on the rates.
-    return screen_runs(out_root, chosen_learning_rates(out_root) or
-                       {m: LR_GRID[0] for m in METHODS})
+def _named_runs(out_root: str, seeds) -> list[Run]:
+    """Every cell's runs at ``seeds`` for reading results: run names do not depend on the
+    rates, so before the grid has chosen any rate of it stands in."""
+    rates = chosen_learning_rates(out_root) or {m: LR_GRID[0] for m in METHODS}
+    return every_cell_runs(out_root, rates, seeds)
 
 
 def _start(out_root: str, run: Run) -> subprocess.Popen:
@@ -323,8 +330,8 @@ def _start(out_root: str, run: Run) -> subprocess.Popen:
             # A run the study was stopped in: it continues from its saved state.
             cmd.append("--resume")
         log_path = os.path.join(out_root, f"{run.name}.log")
-    out = open(log_path, "a")
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    with open(log_path, "a") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _eval(run_dir: str, which: str) -> dict | None:
@@ -419,7 +426,8 @@ def tables(out_root: str) -> str:
     lines += ["", "Every run (test set, all 450 points; clean / AutoAttack %; the best "
               "checkpoint is chosen by PGD-20 on the first 200 test points):", "",
               "| run | last | best | best epoch |", "| --- | --- | --- | --- |"]
-    for run in [*teacher_runs(), *_screen_any(out_root), *_decision_any(out_root)]:
+    for run in [*teacher_runs(), *_named_runs(out_root, SCREEN_SEEDS),
+                *_named_runs(out_root, DECISION_SEEDS)]:
         last = _eval(os.path.join(out_root, run.name), "last")
         best = _eval(os.path.join(out_root, run.name), "best")
         if last is None:
@@ -428,12 +436,6 @@ def tables(out_root: str) -> str:
                      f"{_acc(best, 'clean')} / {_acc(best, 'autoattack')} | "
                      f"{_best_epoch(os.path.join(out_root, run.name))} |")
     return "\n".join(lines)
-
-
-def _decision_any(out_root: str) -> list[Run]:
-    rates = chosen_learning_rates(out_root) or {m: LR_GRID[0] for m in METHODS}
-    return [run for eps in EPSILONS for width in WIDTHS
-            for run in cell_runs(out_root, rates, eps, width, DECISION_SEEDS)]
 
 
 def _best_epoch(run_dir: str) -> str:
