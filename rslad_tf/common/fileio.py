@@ -10,13 +10,19 @@ import tempfile
 from rslad_tf.common.errors import UserError
 
 
+def output_exists_error(path: str, option: str, error: type = UserError) -> UserError:
+    """The one line every command gives when its output ``path`` (chosen by ``option``)
+    is taken: ``error``, a `UserError` class."""
+    return error(f"{path!r} already exists; choose another {option} (nothing is "
+                 "overwritten)")
+
+
 def refuse_existing(path: str, option: str, error: type = UserError) -> None:
     """The one "nothing is overwritten" check of every command that writes a result:
-    ``error`` (a `UserError`) with one line naming ``path`` and the ``option`` that chose
-    it, when something already exists there (a dangling link counts)."""
+    raise `output_exists_error` when something already exists at ``path`` (a dangling
+    link counts)."""
     if os.path.lexists(path):
-        raise error(f"{path!r} already exists; choose another {option} (nothing is "
-                    "overwritten)")
+        raise output_exists_error(path, option, error)
 
 
 def write_atomically(path: str, write, suffix: str = "") -> None:

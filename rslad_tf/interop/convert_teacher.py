@@ -387,10 +387,9 @@ def _save_atomically(model, out: str) -> None:
         try:
             os.link(tmp, out)  # atomic, and fails if `out` appeared meanwhile
         except FileExistsError:
-            raise ConversionError(f"{out} already exists; not overwriting it") from None
+            raise fileio.output_exists_error(out, "--out", ConversionError) from None
         except OSError:  # no hard links on this file system
-            if os.path.exists(out):
-                raise ConversionError(f"{out} already exists; not overwriting it") from None
+            fileio.refuse_existing(out, "--out", ConversionError)
             os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
