@@ -30,12 +30,13 @@ Fast paths (runtime options, off by default, never saved with the model):
   weights, updated after every optimizer step (`rslad_tf.methods.ema`).
 - ``set_attack_batchnorm_folding(True)``: the training attack runs the student with each
   BatchNorm folded into its convolution (inference mode only; same function up to rounding).
-
-These fast paths, and in-batch augmentation, are TensorFlow paths: on JAX and torch the
-attach calls refuse with a clear error (folding is skipped with a warning).
 - A student built under a mixed precision policy is detected: the attack objective stays
   float32 (scaled for float16), the fraction of zero input gradients is logged as
   ``zero_grad_frac``, and a `keras.optimizers.LossScaleOptimizer` gets its loss scaled.
+
+These fast paths (mixed precision aside), and in-batch augmentation, are TensorFlow paths:
+on JAX and torch the attach calls refuse with a clear error (folding is skipped with a
+warning).
 """
 
 from __future__ import annotations
@@ -192,7 +193,7 @@ class AdversarialMethod(keras.Model):
     def teacher_cache(self):
         return self._teacher_cache
 
-    def _tensorflow_only(self, what: str) -> None:
+    def _require_tensorflow(self, what: str) -> None:
         if not backends.is_tensorflow():
             raise ValueError(f"{what} is a TensorFlow path; the {backends.name()} backend "
                              "trains without it (set KERAS_BACKEND=tensorflow to use it)")
@@ -202,7 +203,7 @@ class AdversarialMethod(keras.Model):
         then takes its ``index_dataset`` (batches ``{"index": [B]}``) and the step gathers
         the images and labels on the device."""
         if data is not None:
-            self._tensorflow_only("device data")
+            self._require_tensorflow("device data")
         self._device_data = data
         self._retrace()
 
@@ -213,7 +214,7 @@ class AdversarialMethod(keras.Model):
             raise ValueError(f"{type(self).__name__} has no cacheable teacher output "
                              "(only methods whose teacher sees clean images only)")
         if cache is not None:
-            self._tensorflow_only("the teacher soft-label cache")
+            self._require_tensorflow("the teacher soft-label cache")
             if backends.current().num_replicas() > 1:
                 raise ValueError("the teacher soft-label cache works on one device only")
         self._teacher_cache = cache
@@ -227,7 +228,7 @@ class AdversarialMethod(keras.Model):
         """Update ``average`` (a `rslad_tf.methods.ema.WeightAverage` of the student, or None
         to detach) after every optimizer step. One device only."""
         if average is not None:
-            self._tensorflow_only("the weight average")
+            self._require_tensorflow("the weight average")
             if backends.current().num_replicas() > 1:
                 raise ValueError("the weight average works on one device only")
         self._weight_average = average
