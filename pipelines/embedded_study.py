@@ -52,7 +52,11 @@ TEACHER_WIDTH = presets.DIGITS_TEACHER_WIDTH
 TEACHER_LR = presets.STUDY_TEACHER_LEARNING_RATE   # teachers are not tuned
 WEAK_TEACHER_WIDTH = 16    # the weak teacher is the SAT student of this width
 LR_GRID = presets.STUDY_LR_GRID
-LR_WIDTH, LR_EPSILON, LR_SEED = 8, 0.2, 0
+LR_WIDTH, LR_SEED = 8, 0
+# The radius the first grid ran at. Amendment 2 (docs/study.md, made after the eps-0.3
+# screen had collapsed at the eps-0.2 rates) repeats the grid at every radius; the runs
+# made before it keep their names, which carry no rate (`lr_run_name`, `run_name`).
+FIRST_EPSILON = 0.2
 VALIDATION_FRACTION = 0.2
 SCREEN_SEEDS = (0,)
 DECISION_SEEDS = (1, 2)    # with the screen's seed 0: three seeds per decided cell
@@ -81,11 +85,12 @@ def _eps_tag(eps: float) -> str:
     return f"eps{eps:g}"
 
 
-def teacher_name(strength: str, eps: float) -> str:
-    """Directory of the strong teacher, or of the SAT student that serves as weak one."""
+def teacher_name(strength: str, eps: float, rates: dict | None = None) -> str:
+    """Directory of the strong teacher, or of the SAT student (at ``rates``, that radius's
+    learning rates) that serves as weak one."""
     if strength == "strong":
         return f"teacher-w{TEACHER_WIDTH}-{_eps_tag(eps)}"
-    return f"screen-sat-w{WEAK_TEACHER_WIDTH}-{_eps_tag(eps)}-seed0"
+    return run_name("sat", WEAK_TEACHER_WIDTH, eps, 0, rates)
 
 
 def _common(eps: float, seed: int) -> tuple:
@@ -104,15 +109,22 @@ def _student(method: str, width: int, eps: float, seed: int, lr: float,
     return args
 
 
-def lr_runs(out_root: str) -> list[Run]:
-    """The learning-rate grid: each method at each rate on the validation split."""
+def lr_run_name(method: str, lr: float, eps: float) -> str:
+    """Directory of one grid run; the first grid's (eps 0.2) names carry no radius."""
+    radius = "" if eps == FIRST_EPSILON else f"-{_eps_tag(eps)}"
+    return f"lr-{method}{radius}-lr{lr:g}"
+
+
+def lr_runs(out_root: str, eps: float) -> list[Run]:
+    """The learning-rate grid at radius ``eps``: each method at each rate on the
+    validation split (RSLAD from that radius's strong teacher)."""
     runs = []
     for method in METHODS:
-        teacher = teacher_name("strong", LR_EPSILON) if method == "rslad" else None
+        teacher = teacher_name("strong", eps) if method == "rslad" else None
         for lr in LR_GRID:
-            args = _student(method, LR_WIDTH, LR_EPSILON, LR_SEED, lr, teacher, out_root)
+            args = _student(method, LR_WIDTH, eps, LR_SEED, lr, teacher, out_root)
             args += ("--set", f"validation_fraction={VALIDATION_FRACTION}",)
-            runs.append(Run(f"lr-{method}-lr{lr:g}", args,
+            runs.append(Run(lr_run_name(method, lr, eps), args,
                             needs=(teacher,) if teacher else (), validation=True))
     return runs
 
@@ -126,14 +138,14 @@ def teacher_runs() -> list[Run]:
             for eps in EPSILONS]
 
 
-def chosen_learning_rates(out_root: str) -> dict[str, float] | None:
-    """Each method's rate from the grid (highest final validation PGD-20, the smaller
-    rate on a tie); None while the grid is incomplete."""
+def chosen_learning_rates(out_root: str, eps: float) -> dict[str, float] | None:
+    """Each method's rate at radius ``eps`` from that radius's grid (highest final
+    validation PGD-20, the smaller rate on a tie); None while that grid is incomplete."""
     chosen = {}
     for method in METHODS:
         scores = []
         for lr in LR_GRID:
-            row = _last_row(os.path.join(out_root, f"lr-{method}-lr{lr:g}"))
+            row = _last_row(os.path.join(out_root, lr_run_name(method, lr, eps)))
             if row is None:
                 return None
             scores.append((float(row["pgd20_acc"]), -lr))
@@ -141,61 +153,87 @@ def chosen_learning_rates(out_root: str) -> dict[str, float] | None:
     return chosen
 
 
+def rates_by_radius(out_root: str) -> dict[float, dict[str, float]]:
+    """The chosen rates of every radius whose grid has finished."""
+    rates = {eps: chosen_learning_rates(out_root, eps) for eps in EPSILONS}
+    return {eps: r for eps, r in rates.items() if r is not None}
+
+
 VARIANTS = ("sat", "rslad-strong", "rslad-weak")  # SAT alone, RSLAD from each teacher
 
 
-def run_name(variant: str, width: int, eps: float, seed: int) -> str:
-    return f"screen-{variant}-w{width}-{_eps_tag(eps)}-seed{seed}"
+def run_name(variant: str, width: int, eps: float, seed: int,
+             rates: dict[str, float] | None = None) -> str:
+    """Directory of one student run. Away from `FIRST_EPSILON` the name carries the
+    variant's rate (from ``rates``, that radius's): the first eps-0.3 screen, trained at
+    the eps-0.2 rates before amendment 2, keeps the names without one
+    (`first_eps03_runs`)."""
+    rate = ""
+    if eps != FIRST_EPSILON and rates is not None:
+        rate = f"-lr{rates[variant.partition('-')[0]]:g}"
+    return f"screen-{variant}-w{width}-{_eps_tag(eps)}{rate}-seed{seed}"
 
 
 def cell_runs(out_root: str, rates: dict[str, float], eps: float, width: int,
               seeds) -> list[Run]:
-    """The runs of one cell (radius, student width): every variant at each seed."""
+    """The runs of one cell (radius, student width) at that radius's ``rates``: every
+    variant at each seed."""
     runs = []
     for seed in seeds:
         for variant in VARIANTS:
             method, _, strength = variant.partition("-")
-            teacher = teacher_name(strength, eps) if strength else None
-            runs.append(Run(run_name(variant, width, eps, seed),
+            teacher = teacher_name(strength, eps, rates) if strength else None
+            runs.append(Run(run_name(variant, width, eps, seed, rates),
                             _student(method, width, eps, seed, rates[method], teacher,
                                      out_root), needs=(teacher,) if teacher else ()))
     return runs
 
 
-def every_cell_runs(out_root: str, rates: dict[str, float], seeds) -> list[Run]:
-    """SAT alone and RSLAD from each teacher, every width and radius, at ``seeds``."""
-    return [run for eps in EPSILONS for width in WIDTHS
-            for run in cell_runs(out_root, rates, eps, width, seeds)]
+def every_cell_runs(out_root: str, rates: dict[float, dict[str, float]],
+                    seeds) -> list[Run]:
+    """SAT alone and RSLAD from each teacher, every width of every radius in ``rates``
+    (`rates_by_radius`), at ``seeds``."""
+    return [run for eps in EPSILONS if eps in rates for width in WIDTHS
+            for run in cell_runs(out_root, rates[eps], eps, width, seeds)]
 
 
-def screen_runs(out_root: str, rates: dict[str, float]) -> list[Run]:
+def screen_runs(out_root: str, rates: dict[float, dict[str, float]]) -> list[Run]:
     """The screen: every cell at the screen's seeds."""
     return every_cell_runs(out_root, rates, SCREEN_SEEDS)
+
+
+def first_eps03_runs() -> list[str]:
+    """The first eps-0.3 screen's runs, every method at its eps-0.2 rate (0.5): the SAT
+    students collapsed, so amendment 2 replaced them; they stay in the record and the
+    tables."""
+    return [run_name(variant, width, 0.3, 0) for width in WIDTHS for variant in VARIANTS]
 
 
 def matches_paper(out_root: str, eps: float, width: int) -> bool | None:
     """The protocol's test on the screen (docs/study.md): the strong teacher's AutoAttack
     accuracy at least `TEACHER_MARGIN` points above the SAT student's, and the SAT
     student's clean accuracy below `SATURATED_CLEAN`. None while either is missing."""
+    rates = chosen_learning_rates(out_root, eps)
+    if rates is None:
+        return None
     teacher = _eval(os.path.join(out_root, teacher_name("strong", eps)), "last")
-    sat = _eval(os.path.join(out_root, run_name("sat", width, eps, 0)), "last")
+    sat = _eval(os.path.join(out_root, run_name("sat", width, eps, 0, rates)), "last")
     if teacher is None or sat is None:
         return None
     return (teacher["autoattack_acc"] >= sat["autoattack_acc"] + TEACHER_MARGIN
             and sat["clean_acc"] < SATURATED_CLEAN)
 
 
-def decision_runs(out_root: str, rates: dict[str, float]) -> list[Run]:
-    """The decision stage's extra seeds: the cells that match the paper's conditions
-    first, then the others; empty until every cell's conditions can be read (the
-    teachers' and the SAT screen students' last checkpoints evaluated)."""
-    cells = [(eps, width) for eps in EPSILONS for width in WIDTHS]
-    matches = {cell: matches_paper(out_root, *cell) for cell in cells}
-    if any(m is None for m in matches.values()):
-        return []
-    cells.sort(key=lambda cell: not matches[cell])
-    return [run for cell in cells
-            for run in cell_runs(out_root, rates, *cell, DECISION_SEEDS)]
+def decision_runs(out_root: str, rates: dict[float, dict[str, float]]) -> list[Run]:
+    """The decision stage's extra seeds for every cell whose conditions can be read (its
+    radius's grid done, the strong teacher's and the SAT screen student's last
+    checkpoints evaluated): the cells that match the paper's conditions first."""
+    matches = {(eps, width): matches_paper(out_root, eps, width)
+               for eps in EPSILONS for width in WIDTHS}
+    cells = sorted((cell for cell, m in matches.items() if m is not None),
+                   key=lambda cell: not matches[cell])
+    return [run for eps, width in cells
+            for run in cell_runs(out_root, rates[eps], eps, width, DECISION_SEEDS)]
 
 
 def _last_row(run_dir: str) -> dict | None:
@@ -228,18 +266,17 @@ def evaluation(run: Run, which: str) -> Run:
 
 
 def all_runs(out_root: str) -> list[Run]:
-    """Every job of the protocol known so far, in the order they start when ready: the
-    teacher at 0.2 (the RSLAD grid waits for it), the grid, the other teacher, the
-    teachers' evaluations, the screen cell by cell (each run trained, then its last
-    checkpoint evaluated), the decision stage the same way, and the best checkpoints'
-    evaluations last."""
+    """Every job of the protocol known so far, in the order they start when ready: each
+    radius's strong teacher and its learning-rate grid (RSLAD's waits for the teacher),
+    the teachers' evaluations, the screen cell by cell at each radius whose grid is done
+    (each run trained, then its last checkpoint evaluated), the decision stage the same
+    way, and the best checkpoints' evaluations last."""
     teachers = teacher_runs()
-    jobs = [teachers[0], *lr_runs(out_root), *teachers[1:]]
-    rates = chosen_learning_rates(out_root)
-    if rates is None:
-        return jobs + [evaluation(t, "last") for t in teachers]
-    screen = screen_runs(out_root, rates)
+    jobs = [job for teacher, eps in zip(teachers, EPSILONS)
+            for job in (teacher, *lr_runs(out_root, eps))]
     jobs += [evaluation(t, "last") for t in teachers]
+    rates = rates_by_radius(out_root)
+    screen = screen_runs(out_root, rates)
     for run in screen:  # cell by cell, so that whole cells finish first
         jobs += [run, evaluation(run, "last")]
     decision = decision_runs(out_root, rates)
@@ -311,10 +348,8 @@ def _dirs_in_use(out_root: str) -> set[str]:
 
 
 def _named_runs(out_root: str, seeds) -> list[Run]:
-    """Every cell's runs at ``seeds`` for reading results: run names do not depend on the
-    rates, so before the grid has chosen any rate of it stands in."""
-    rates = chosen_learning_rates(out_root) or {m: LR_GRID[0] for m in METHODS}
-    return every_cell_runs(out_root, rates, seeds)
+    """Every cell's runs at ``seeds`` at the radii whose grid has chosen its rates."""
+    return every_cell_runs(out_root, rates_by_radius(out_root), seeds)
 
 
 def _start(out_root: str, run: Run) -> subprocess.Popen:
@@ -350,27 +385,32 @@ def _acc(result: dict | None, key: str) -> str:
 
 
 def _grid_table(out_root: str) -> list[str]:
-    lines = ["Learning-rate grid (width 8, eps 0.2, seed 0, last epoch, validation split "
-             f"of {VALIDATION_FRACTION:g}; validation clean / PGD-20 accuracy, %):", "",
-             "| method | " + " | ".join(f"lr {lr:g}" for lr in LR_GRID) + " | chosen |",
-             "| --- |" + " --- |" * (len(LR_GRID) + 1)]
-    rates = chosen_learning_rates(out_root)
-    for method in METHODS:
-        cells = []
-        for lr in LR_GRID:
-            row = _last_row(os.path.join(out_root, f"lr-{method}-lr{lr:g}"))
-            cells.append("-" if row is None else
-                         f"{float(row['clean_acc']):.1f} / {float(row['pgd20_acc']):.1f}")
-        chosen = f"{rates[method]:g}" if rates else "-"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {chosen} |")
+    lines = [f"Learning-rate grid (width {LR_WIDTH}, seed {LR_SEED}, last epoch, validation "
+             f"split of {VALIDATION_FRACTION:g}; validation clean / PGD-20 accuracy, %):",
+             "", "| eps | method | " + " | ".join(f"lr {lr:g}" for lr in LR_GRID)
+             + " | chosen |", "| --- | --- |" + " --- |" * (len(LR_GRID) + 1)]
+    for eps in EPSILONS:
+        rates = chosen_learning_rates(out_root, eps)
+        for method in METHODS:
+            cells = []
+            for lr in LR_GRID:
+                row = _last_row(os.path.join(out_root, lr_run_name(method, lr, eps)))
+                cells.append("-" if row is None else f"{float(row['clean_acc']):.1f} / "
+                             f"{float(row['pgd20_acc']):.1f}")
+            chosen = f"{rates[method]:g}" if rates else "-"
+            lines.append(f"| {eps:g} | {method} | " + " | ".join(cells) + f" | {chosen} |")
     return lines
 
 
 def _seeds_of(out_root: str, variant: str, width: int, eps: float, which: str) -> list:
-    """The eval results of one variant in one cell, one per finished seed."""
+    """The eval results of one variant in one cell, one per finished seed; none while
+    that radius's grid is unfinished."""
+    rates = chosen_learning_rates(out_root, eps)
+    if rates is None:
+        return []
     seeds = (*SCREEN_SEEDS, *DECISION_SEEDS)
-    results = [_eval(os.path.join(out_root, run_name(variant, width, eps, seed)), which)
-               for seed in seeds]
+    results = [_eval(os.path.join(out_root, run_name(variant, width, eps, seed, rates)),
+                     which) for seed in seeds]
     return [r for r in results if r is not None]
 
 
@@ -408,8 +448,10 @@ def tables(out_root: str) -> str:
               "RSLAD strong | RSLAD weak | SAT clean | strong - SAT | weak - SAT |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for eps in EPSILONS:
+        rates = chosen_learning_rates(out_root, eps)
         strong = _eval(os.path.join(out_root, teacher_name("strong", eps)), "last")
-        weak = _eval(os.path.join(out_root, teacher_name("weak", eps)), "last")
+        weak = (_eval(os.path.join(out_root, teacher_name("weak", eps, rates)), "last")
+                if rates else None)
         teacher_cell = f"{_acc(strong, 'autoattack')} / {_acc(weak, 'autoattack')}"
         for width in WIDTHS:
             aa = {v: [r["autoattack_acc"] for r in _seeds_of(out_root, v, width, eps, "last")]
@@ -426,16 +468,28 @@ def tables(out_root: str) -> str:
     lines += ["", "Every run (test set, all 450 points; clean / AutoAttack %; the best "
               "checkpoint is chosen by PGD-20 on the first 200 test points):", "",
               "| run | last | best | best epoch |", "| --- | --- | --- | --- |"]
-    for run in [*teacher_runs(), *_named_runs(out_root, SCREEN_SEEDS),
-                *_named_runs(out_root, DECISION_SEEDS)]:
-        last = _eval(os.path.join(out_root, run.name), "last")
-        best = _eval(os.path.join(out_root, run.name), "best")
-        if last is None:
-            continue
-        lines.append(f"| {run.name} | {_acc(last, 'clean')} / {_acc(last, 'autoattack')} | "
-                     f"{_acc(best, 'clean')} / {_acc(best, 'autoattack')} | "
-                     f"{_best_epoch(os.path.join(out_root, run.name))} |")
+    names = [run.name for run in (*teacher_runs(), *_named_runs(out_root, SCREEN_SEEDS),
+                                  *_named_runs(out_root, DECISION_SEEDS))]
+    lines += _run_rows(out_root, names)
+    first = _run_rows(out_root, first_eps03_runs())
+    if first:
+        lines += ["", "The first eps-0.3 screen, every method at its eps-0.2 rate (0.5); "
+                  "replaced by amendment 2 (same columns):", "",
+                  "| run | last | best | best epoch |", "| --- | --- | --- | --- |", *first]
     return "\n".join(lines)
+
+
+def _run_rows(out_root: str, names) -> list[str]:
+    """One table row per evaluated run of ``names``: last and best clean / AutoAttack."""
+    rows = []
+    for name in names:
+        last = _eval(os.path.join(out_root, name), "last")
+        best = _eval(os.path.join(out_root, name), "best")
+        if last is not None:
+            rows.append(f"| {name} | {_acc(last, 'clean')} / {_acc(last, 'autoattack')} | "
+                        f"{_acc(best, 'clean')} / {_acc(best, 'autoattack')} | "
+                        f"{_best_epoch(os.path.join(out_root, name))} |")
+    return rows
 
 
 def _best_epoch(run_dir: str) -> str:
@@ -515,8 +569,9 @@ def collect(out_root: str, to: str) -> int:
 
     # The teachers' last checkpoints too (about 1.1 MB each for width 64, 0.13 MB for
     # width 16): the decision stage distils from the same teachers.
-    teachers = {teacher_name(strength, eps) for strength in ("strong", "weak")
-                for eps in EPSILONS}
+    teachers = {teacher_name("strong", eps) for eps in EPSILONS}
+    teachers |= {teacher_name("weak", eps, rates)
+                 for eps, rates in rates_by_radius(out_root).items()}
     copied = 0
     for name in sorted(os.listdir(out_root)):
         src = os.path.join(out_root, name)

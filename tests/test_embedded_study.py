@@ -59,15 +59,17 @@ def fake_trainer(monkeypatch):
 def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     started, scores, _ = fake_trainer
     scores.update({"lr-sat-lr0.15": 60.0, "lr-rslad-lr0.05": 55.0, "lr-rslad-lr0.5": 55.0,
+                   # each radius has its own grid: at eps 0.3 SAT takes 0.5, RSLAD 0.15
+                   "lr-sat-eps0.3-lr0.5": 60.0, "lr-rslad-eps0.3-lr0.15": 60.0,
                    # eps 0.3: the strong teacher 30 points above SAT (clean 91% < 95%), so
                    # those cells match the paper's conditions; eps 0.2's do not (50 = 50).
                    "teacher-w64-eps0.3": 80.0})
     assert study.run_all(str(tmp_path), workers=2, log=lambda m: None) == 0
     jobs = [r.job for r in started]
     trained = [r.name for r in started if not r.evaluates]
-    # 2 teachers, 2 x 3 grid runs, 3 widths x 2 radii x 3 variants x (1 + 2 seeds); every
-    # run but the grid's evaluated at its last and its best checkpoint.
-    assert len(trained) == len(set(trained)) == 2 + 6 + 18 + 36
+    # 2 teachers, 2 radii x 2 methods x 3 grid runs, 3 widths x 2 radii x 3 variants x
+    # (1 + 2 seeds); every run but the grid's evaluated at its last and best checkpoint.
+    assert len(trained) == len(set(trained)) == 2 + 12 + 18 + 36
     assert len(jobs) == len(set(jobs)) == len(trained) + 2 * (2 + 18 + 36)
     assert jobs[0] == "teacher-w64-eps0.2"
     for run in started:  # nothing starts before the training runs it needs
@@ -93,16 +95,23 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     assert study.matches_paper(str(tmp_path), 0.3, 8) is True
     assert study.matches_paper(str(tmp_path), 0.2, 8) is False
     # The grid's choice: highest validation PGD-20, the smaller rate on a tie.
-    assert study.chosen_learning_rates(str(tmp_path)) == {"sat": 0.15, "rslad": 0.05}
+    assert study.chosen_learning_rates(str(tmp_path), 0.2) == {"sat": 0.15, "rslad": 0.05}
+    assert study.chosen_learning_rates(str(tmp_path), 0.3) == {"sat": 0.5, "rslad": 0.15}
     by_name = {r.name: r for r in started if not r.evaluates}
-    sat = by_name["screen-sat-w4-eps0.3-seed2"].args
-    assert "learning_rate=0.15" in sat and "--epsilon" in sat and "0.3" in sat
+    # Away from eps 0.2 a run's name carries its rate.
+    sat = by_name["screen-sat-w4-eps0.3-lr0.5-seed2"].args
+    assert "learning_rate=0.5" in sat and "--epsilon" in sat and "0.3" in sat
     assert sat[sat.index("--seed") + 1] == "2"
-    weak = by_name["screen-rslad-weak-w8-eps0.3-seed1"].args
-    assert os.path.join(str(tmp_path), "screen-sat-w16-eps0.3-seed0", "checkpoints",
-                        "last.keras") in weak and "learning_rate=0.05" in weak
+    assert "learning_rate=0.15" in by_name["screen-sat-w4-eps0.2-seed0"].args
+    weak = by_name["screen-rslad-weak-w8-eps0.3-lr0.15-seed1"].args
+    assert os.path.join(str(tmp_path), "screen-sat-w16-eps0.3-lr0.5-seed0", "checkpoints",
+                        "last.keras") in weak and "learning_rate=0.15" in weak
     grid = by_name["lr-rslad-lr0.5"].args
     assert "validation_fraction=0.2" in grid and "--no-final-eval" in grid
+    grid = by_name["lr-rslad-eps0.3-lr0.05"].args
+    assert "0.3" in grid and os.path.join(str(tmp_path), "teacher-w64-eps0.3", "checkpoints",
+                                          "last.keras") in grid
+    assert by_name["lr-rslad-eps0.3-lr0.05"].needs == ("teacher-w64-eps0.3",)
     assert "--no-final-eval" in sat  # evaluations are jobs of their own
     assert not any("validation_fraction" in a for a in sat)
     # A second run finds everything finished and starts nothing.
@@ -110,10 +119,36 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     assert study.run_all(str(tmp_path), workers=2, log=lambda m: None) == 0
     assert started == []
     table = study.tables(str(tmp_path))
-    assert "| sat | 90.0 / 50.0 | 90.0 / 60.0 | 90.0 / 50.0 | 0.15 |" in table
+    assert "| 0.2 | sat | 90.0 / 50.0 | 90.0 / 60.0 | 90.0 / 50.0 | 0.15 |" in table
+    assert "| 0.3 | rslad | 90.0 / 50.0 | 90.0 / 60.0 | 90.0 / 50.0 | 0.15 |" in table
     assert ("| 0.3 | 16 | yes | 80.0 / 50.0 | 3/3/3 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 "
             "| 91.0 ± 0.0 | +0.0: no clear difference |") in table
     assert "| screen-rslad-weak-w4-eps0.2-seed2 | 91.0 / 50.0 | 91.0 / 50.0 | 1 |" in table
+    assert "first eps-0.3 screen" not in table
+
+
+def test_the_first_eps03_screen_is_reported_apart_and_not_rerun(tmp_path, fake_trainer):
+    """Amendment 2: the eps-0.3 runs made at the eps-0.2 rates (names without a rate)
+    stay in the tables, in a block of their own, and the driver trains the eps-0.3 cells
+    anew under names with their rate."""
+    started, _, _ = fake_trainer
+    root = str(tmp_path)
+    assert study.run_all(root, workers=2, log=lambda m: None) == 0
+    old = study.first_eps03_runs()
+    assert len(old) == 9 and not any(r.name in old for r in started)
+    for name in old:  # what the first attempt left: a finished, evaluated run
+        study._start(root, study.Run(name, ("--preset", "digits-sat")))
+        os.makedirs(os.path.join(root, name, "checkpoints"), exist_ok=True)
+        with open(os.path.join(root, name, "eval_last.json"), "w") as f:
+            json.dump({"clean_acc": 10.2, "autoattack_acc": 10.2, "params": 1}, f)
+    table = study.tables(root)
+    first = table.split("first eps-0.3 screen")[1]
+    assert "| screen-sat-w4-eps0.3-seed0 | 10.2 / 10.2 |" in first
+    assert "screen-sat-w4-eps0.3-seed0 |" not in table.split("first eps-0.3 screen")[0]
+    # The cells read the new runs only.
+    assert "| 0.3 | 4 | no | 50.0 / 50.0 | 3/3/3 | 50.0 ± 0.0 |" in table
+    started.clear()
+    assert study.run_all(root, workers=2, log=lambda m: None) == 0 and started == []
 
 
 def test_verdict_follows_the_stated_rule():
@@ -132,8 +167,13 @@ def test_a_failed_run_stops_only_what_needs_it(tmp_path, fake_trainer):
     left = study.run_all(str(tmp_path), workers=1, log=messages.append)
     names = [r.name for r in started]
     assert "lr-sat-lr0.5" in names and "teacher-w64-eps0.3" in names
-    assert not any(n.startswith("lr-rslad") for n in names)
-    assert left == 1 + 3 + 1  # the teacher, the RSLAD grid and the teacher's evaluation
+    assert not any(n.startswith("lr-rslad-lr") for n in names)
+    # The other radius goes on: its own teacher, grid, screen and decision stage.
+    assert "lr-rslad-eps0.3-lr0.5" in names and "screen-sat-w4-eps0.3-lr0.05-seed2" in names
+    assert not any("eps0.2" in n for n in names if n.startswith("screen-"))
+    # The teacher, the RSLAD grid, and the teacher's two evaluations.
+    assert left == 1 + 3 + 2
+    assert "not run: teacher-w64-eps0.2:eval-best (needs teacher-w64-eps0.2)" in messages
     assert "FAILED (exit 1) teacher-w64-eps0.2 in 0 s" in messages
     assert any(m.startswith("not run: lr-rslad-lr0.05 (needs teacher-w64-eps0.2)")
                for m in messages)
@@ -172,7 +212,8 @@ def test_study_presets_are_the_runs_the_driver_trains():
     rates = presets.STUDY_LEARNING_RATES
     assert set(rates) == set(study.METHODS)
     assert all(rate in presets.STUDY_LR_GRID for rate in rates.values())
-    runs = {r.name: r for r in study.screen_runs("/runs", rates) + study.teacher_runs()}
+    runs = {r.name: r for r in study.screen_runs("/runs", {0.2: rates})
+            + study.teacher_runs()}
     for preset, name in (("digits-study-sat", "screen-sat-w16-eps0.2-seed0"),
                          ("digits-study-rslad", "screen-rslad-strong-w16-eps0.2-seed0"),
                          ("digits-study-teacher", "teacher-w64-eps0.2")):
@@ -192,12 +233,12 @@ def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer)
     assert study.run_all(runs, workers=2, log=lambda m: None) == 0
     copied = study.collect(runs, record)
     # The grid: config + history; the rest: all four; and the 4 teachers' checkpoints.
-    assert copied == 6 * 2 + 56 * 4 + 4
+    assert copied == 12 * 2 + 56 * 4 + 4
     kept = sorted(os.path.relpath(os.path.join(d, f), record)
                   for d, _, files in os.walk(record) for f in files if f.endswith(".keras"))
     assert kept == sorted(os.path.join(n, "checkpoints", "last.keras") for n in (
         "teacher-w64-eps0.2", "teacher-w64-eps0.3", "screen-sat-w16-eps0.2-seed0",
-        "screen-sat-w16-eps0.3-seed0"))
+        "screen-sat-w16-eps0.3-lr0.05-seed0"))
     assert study.tables(record) == study.tables(runs)
     assert study.collect(runs, record) == 0
     partial = os.path.join(runs, "screen-sat-w4-eps0.2-seed7")  # a run still training
