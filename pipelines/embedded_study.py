@@ -63,6 +63,12 @@ DECISION_SEEDS = (1, 2)    # with the screen's seed 0: three seeds per decided c
 TEACHER_MARGIN = 5.0       # points of AutoAttack accuracy (docs/study.md)
 SATURATED_CLEAN = 95.0     # clean accuracy (%) from which a student counts as saturated
 METHODS = ("sat", "rslad")
+# The digits presets' other methods get their rates from the same grid and rule at the
+# first radius (issue 12, item 2), though the study itself compares SAT and RSLAD only.
+# Natural training is chosen by validation clean accuracy: it is not trained for
+# robustness, so its PGD-20 accuracy is near zero at every rate.
+OTHER_GRID_METHODS = ("natural", "trades", "ard", "iad")
+DISTILLATION_METHODS = ("ard", "iad", "rslad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +121,17 @@ def lr_run_name(method: str, lr: float, eps: float) -> str:
     return f"lr-{method}{radius}-lr{lr:g}"
 
 
-def lr_runs(out_root: str, eps: float) -> list[Run]:
-    """The learning-rate grid at radius ``eps``: each method at each rate on the
-    validation split (RSLAD from that radius's strong teacher)."""
+def grid_methods(eps: float) -> tuple:
+    """The methods whose rate the grid at radius ``eps`` chooses."""
+    return METHODS + (OTHER_GRID_METHODS if eps == FIRST_EPSILON else ())
+
+
+def lr_runs(out_root: str, eps: float, methods=METHODS) -> list[Run]:
+    """The learning-rate grid at radius ``eps``: each of ``methods`` at each rate on the
+    validation split (the distillation methods from that radius's strong teacher)."""
     runs = []
-    for method in METHODS:
-        teacher = teacher_name("strong", eps) if method == "rslad" else None
+    for method in methods:
+        teacher = teacher_name("strong", eps) if method in DISTILLATION_METHODS else None
         for lr in LR_GRID:
             args = _student(method, LR_WIDTH, eps, LR_SEED, lr, teacher, out_root)
             args += ("--set", f"validation_fraction={VALIDATION_FRACTION}",)
@@ -138,17 +149,20 @@ def teacher_runs() -> list[Run]:
             for eps in EPSILONS]
 
 
-def chosen_learning_rates(out_root: str, eps: float) -> dict[str, float] | None:
-    """Each method's rate at radius ``eps`` from that radius's grid (highest final
-    validation PGD-20, the smaller rate on a tie); None while that grid is incomplete."""
+def chosen_learning_rates(out_root: str, eps: float,
+                          methods=METHODS) -> dict[str, float] | None:
+    """Each of ``methods``' rate at radius ``eps`` from that radius's grid (highest final
+    validation PGD-20, natural training's highest clean accuracy; the smaller rate on a
+    tie); None while the grid of any of them is incomplete."""
     chosen = {}
-    for method in METHODS:
+    for method in methods:
+        metric = "clean_acc" if method == "natural" else "pgd20_acc"
         scores = []
         for lr in LR_GRID:
             row = _last_row(os.path.join(out_root, lr_run_name(method, lr, eps)))
             if row is None:
                 return None
-            scores.append((float(row["pgd20_acc"]), -lr))
+            scores.append((float(row[metric]), -lr))
         chosen[method] = -max(scores)[1]
     return chosen
 
@@ -274,6 +288,8 @@ def all_runs(out_root: str) -> list[Run]:
     teachers = teacher_runs()
     jobs = [job for teacher, eps in zip(teachers, EPSILONS)
             for job in (teacher, *lr_runs(out_root, eps))]
+    # The other methods' grid after the study's own, before its screen and decision.
+    jobs += lr_runs(out_root, FIRST_EPSILON, OTHER_GRID_METHODS)
     jobs += [evaluation(t, "last") for t in teachers]
     rates = rates_by_radius(out_root)
     screen = screen_runs(out_root, rates)
@@ -390,14 +406,14 @@ def _grid_table(out_root: str) -> list[str]:
              "", "| eps | method | " + " | ".join(f"lr {lr:g}" for lr in LR_GRID)
              + " | chosen |", "| --- | --- |" + " --- |" * (len(LR_GRID) + 1)]
     for eps in EPSILONS:
-        rates = chosen_learning_rates(out_root, eps)
-        for method in METHODS:
+        for method in grid_methods(eps):
+            rate = chosen_learning_rates(out_root, eps, (method,))
             cells = []
             for lr in LR_GRID:
                 row = _last_row(os.path.join(out_root, lr_run_name(method, lr, eps)))
                 cells.append("-" if row is None else f"{float(row['clean_acc']):.1f} / "
                              f"{float(row['pgd20_acc']):.1f}")
-            chosen = f"{rates[method]:g}" if rates else "-"
+            chosen = f"{rate[method]:g}" if rate else "-"
             lines.append(f"| {eps:g} | {method} | " + " | ".join(cells) + f" | {chosen} |")
     return lines
 

@@ -61,15 +61,19 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     scores.update({"lr-sat-lr0.15": 60.0, "lr-rslad-lr0.05": 55.0, "lr-rslad-lr0.5": 55.0,
                    # each radius has its own grid: at eps 0.3 SAT takes 0.5, RSLAD 0.15
                    "lr-sat-eps0.3-lr0.5": 60.0, "lr-rslad-eps0.3-lr0.15": 60.0,
+                   # natural training is chosen by clean accuracy (90 at every rate:
+                   # the smallest), not by PGD-20 (which would choose 0.5)
+                   "lr-natural-lr0.05": 0.0, "lr-natural-lr0.15": 0.0,
                    # eps 0.3: the strong teacher 30 points above SAT (clean 91% < 95%), so
                    # those cells match the paper's conditions; eps 0.2's do not (50 = 50).
                    "teacher-w64-eps0.3": 80.0})
     assert study.run_all(str(tmp_path), workers=2, log=lambda m: None) == 0
     jobs = [r.job for r in started]
     trained = [r.name for r in started if not r.evaluates]
-    # 2 teachers, 2 radii x 2 methods x 3 grid runs, 3 widths x 2 radii x 3 variants x
-    # (1 + 2 seeds); every run but the grid's evaluated at its last and best checkpoint.
-    assert len(trained) == len(set(trained)) == 2 + 12 + 18 + 36
+    # 2 teachers, 2 radii x 2 methods x 3 grid runs, 4 other methods x 3 at eps 0.2, 3
+    # widths x 2 radii x 3 variants x (1 + 2 seeds); every run but the grid's evaluated at
+    # its last and its best checkpoint.
+    assert len(trained) == len(set(trained)) == 2 + 12 + 12 + 18 + 36
     assert len(jobs) == len(set(jobs)) == len(trained) + 2 * (2 + 18 + 36)
     assert jobs[0] == "teacher-w64-eps0.2"
     for run in started:  # nothing starts before the training runs it needs
@@ -121,6 +125,10 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     table = study.tables(str(tmp_path))
     assert "| 0.2 | sat | 90.0 / 50.0 | 90.0 / 60.0 | 90.0 / 50.0 | 0.15 |" in table
     assert "| 0.3 | rslad | 90.0 / 50.0 | 90.0 / 60.0 | 90.0 / 50.0 | 0.15 |" in table
+    # The other methods' grid, at eps 0.2 only; natural training by clean accuracy.
+    assert "| 0.2 | iad | 90.0 / 50.0 | 90.0 / 50.0 | 90.0 / 50.0 | 0.05 |" in table
+    assert "| 0.3 | iad |" not in table
+    assert study.chosen_learning_rates(str(tmp_path), 0.2, ("natural",)) == {"natural": 0.05}
     assert ("| 0.3 | 16 | yes | 80.0 / 50.0 | 3/3/3 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 "
             "| 91.0 ± 0.0 | +0.0: no clear difference |") in table
     assert "| screen-rslad-weak-w4-eps0.2-seed2 | 91.0 / 50.0 | 91.0 / 50.0 | 1 |" in table
@@ -171,8 +179,9 @@ def test_a_failed_run_stops_only_what_needs_it(tmp_path, fake_trainer):
     # The other radius goes on: its own teacher, grid, screen and decision stage.
     assert "lr-rslad-eps0.3-lr0.5" in names and "screen-sat-w4-eps0.3-lr0.05-seed2" in names
     assert not any("eps0.2" in n for n in names if n.startswith("screen-"))
-    # The teacher, the RSLAD grid, and the teacher's two evaluations.
-    assert left == 1 + 3 + 2
+    # The teacher, the grids of RSLAD, ARD and IAD, and the teacher's two evaluations.
+    assert left == 1 + 3 * 3 + 2
+    assert "lr-natural-lr0.5" in names and "lr-trades-lr0.5" in names
     assert "not run: teacher-w64-eps0.2:eval-best (needs teacher-w64-eps0.2)" in messages
     assert "FAILED (exit 1) teacher-w64-eps0.2 in 0 s" in messages
     assert any(m.startswith("not run: lr-rslad-lr0.05 (needs teacher-w64-eps0.2)")
@@ -233,7 +242,7 @@ def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer)
     assert study.run_all(runs, workers=2, log=lambda m: None) == 0
     copied = study.collect(runs, record)
     # The grid: config + history; the rest: all four; and the 4 teachers' checkpoints.
-    assert copied == 12 * 2 + 56 * 4 + 4
+    assert copied == 24 * 2 + 56 * 4 + 4
     kept = sorted(os.path.relpath(os.path.join(d, f), record)
                   for d, _, files in os.walk(record) for f in files if f.endswith(".keras"))
     assert kept == sorted(os.path.join(n, "checkpoints", "last.keras") for n in (
