@@ -131,9 +131,9 @@ def parse_model_spec(spec: str) -> tuple[str, dict]:
             kwargs[key.strip()] = json.loads(value)
         except ValueError:
             kwargs[key.strip()] = value.strip()
-    from rslad_tf.common.quiet import import_tensorflow
+    from rslad_tf import backends
 
-    import_tensorflow()  # rslad_tf.models imports Keras, which imports TensorFlow
+    backends.import_keras()  # TensorFlow's start-up lines kept quiet (TensorFlow only)
     from rslad_tf import models
 
     if name not in models.available():

@@ -48,3 +48,9 @@ def cond(pred, true_fn, false_fn):
 def test_step(method, data):
     with torch.no_grad():
         return method.evaluate_batch(data)
+
+
+def set_threads(threads: int) -> None:
+    """torch's intra-op pool: ``threads`` (oversubscribed pools make small CPU runs many
+    times slower)."""
+    torch.set_num_threads(threads)

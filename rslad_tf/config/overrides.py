@@ -130,9 +130,9 @@ def _model_arguments(model: str) -> list[str]:
     """The keyword arguments the builder of ``model`` takes (besides classes and shape)."""
     import inspect
 
-    from rslad_tf.common.quiet import import_tensorflow
+    from rslad_tf import backends
 
-    import_tensorflow()  # rslad_tf.models imports Keras, which imports TensorFlow
+    backends.import_keras()  # TensorFlow's start-up lines kept quiet (TensorFlow only)
     from rslad_tf import models
 
     builder = models._REGISTRY[model]
@@ -144,9 +144,9 @@ def _method_arguments(method: str) -> list[str]:
     """The constructor arguments of ``method``'s class that a config may set."""
     import inspect
 
-    from rslad_tf.common.quiet import import_tensorflow
+    from rslad_tf import backends
 
-    import_tensorflow()
+    backends.import_keras()
     from rslad_tf.methods import METHODS
 
     names = set(presets.method_defaults(method))
@@ -211,9 +211,9 @@ def apply(config: TrainConfig, changes: dict) -> TrainConfig:
         config = config.replace(method=plain["method"],
                                 method_kwargs=presets.method_defaults(plain["method"]))
     if "model" in plain and plain["model"] != config.model:
-        from rslad_tf.common.quiet import import_tensorflow
+        from rslad_tf import backends
 
-        import_tensorflow()
+        backends.import_keras()
         from rslad_tf import models
 
         _check_choice("model", plain["model"], models.available())

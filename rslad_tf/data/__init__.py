@@ -3,7 +3,8 @@
 Every dataset yields float32 images in [0,1], NHWC, and int32 labels. A dataset is a
 `DatasetSpec` in `_REGISTRY`: adding one touches one module (register it with `register`).
 
-`load_numpy` imports no TensorFlow; `make_dataset` builds the tf.data pipeline.
+`load_numpy` and `numpy_batches` import no TensorFlow (what the JAX and torch backends
+train from); `make_dataset` builds the tf.data pipeline (the TensorFlow backend's).
 """
 
 from __future__ import annotations
@@ -134,6 +135,21 @@ def make_dataset(images, labels, batch_size: int, *, shuffle: bool, seed: int = 
     ds = shuffle_and_batch(ds, len(images), batch_size, shuffle=shuffle, seed=seed,
                            drop_remainder=drop_remainder, repeat=repeat)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def numpy_batches(images, labels, batch_size: int, *, seed: int, start: int = 0,
+                  stop: int | None = None):
+    """One epoch of ``(images, labels)`` batches as numpy arrays, in a random order drawn
+    by numpy from ``seed`` (the training data of the JAX and torch backends: another
+    order than `make_dataset`'s, which is tf.data's). Batches ``start`` to ``stop``
+    (None: to the end; the last batch may be partial), so an epoch resumed in the middle
+    skips the batches it already trained on. A generator: nothing is copied but the
+    batch being yielded."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    num_batches = -(-len(images) // batch_size)
+    for b in range(start, num_batches if stop is None else min(stop, num_batches)):
+        index = order[b * batch_size:(b + 1) * batch_size]
+        yield images[index], labels[index]
 
 
 def shuffle_and_batch(ds, num_examples: int, batch_size: int, *, shuffle: bool, seed: int,

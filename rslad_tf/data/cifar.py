@@ -10,7 +10,8 @@ Two sources, tried in this order:
 2. TensorFlow Datasets (`tfds.load(name, data_dir=data_dir)`), with `download=False`
    unless asked: without network TFDS retries for minutes, so a default path never
    downloads. Ask for a download with `load_numpy(..., download=True)` (what a
-   `--download` command-line flag passes).
+   `--download` command-line flag passes). TensorFlow backend only: TFDS imports
+   TensorFlow, so under JAX and torch the archives are the one source.
 
 Missing data gives a one-line `DataError` that says how to get it.
 """
@@ -198,6 +199,15 @@ def load(name: str, split: str, data_dir: str | None = None, download: bool = Fa
             raise DataError(f"--data-dir {data_dir} is not a directory")
         loaded = _load_python_archive(name, split, data_dir)
     if loaded is None:
+        from rslad_tf import backends
+
+        if backends.selected() != "tensorflow":
+            # TFDS imports TensorFlow, which JAX and torch runs keep out of the process.
+            where = f"in {data_dir}" if data_dir else "(no --data-dir given)"
+            raise DataError(f"{name}: no python archive {where}; under the "
+                            f"{backends.selected()} backend CIFAR is read from "
+                            f"{_LAYOUT[name][0]} only (TFDS needs TensorFlow): put it in a "
+                            "directory and pass it as --data-dir")
         loaded = _load_tfds(name, split, data_dir, bool(download))
     images, labels = loaded
     num_classes = 10 if name == "cifar10" else 100

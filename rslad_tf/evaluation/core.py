@@ -7,13 +7,14 @@ import numpy as np
 
 
 def predict_labels(model, images, batch_size: int = 256) -> np.ndarray:
-    """Arg-max predictions of ``model`` in inference mode, batch by batch. [N] int."""
-    import tensorflow as tf
+    """Arg-max predictions of ``model`` in inference mode, batch by batch. [N] int. Any
+    Keras backend."""
+    from keras import ops
 
     out = []
     for start in range(0, len(images), batch_size):
-        logits = model(tf.convert_to_tensor(images[start:start + batch_size]), training=False)
-        out.append(np.argmax(np.asarray(logits, dtype=np.float32), axis=-1))
+        logits = model(ops.convert_to_tensor(images[start:start + batch_size]), training=False)
+        out.append(np.argmax(ops.convert_to_numpy(ops.cast(logits, "float32")), axis=-1))
     return np.concatenate(out) if out else np.zeros([0], np.int64)
 
 
@@ -27,6 +28,7 @@ def correct_under_attack(model, images, labels, *, attack=None, eps: float = 0.0
     the same random starts whatever else is evaluated.
     """
     import keras
+    from keras import ops
 
     labels = np.asarray(labels)
     if len(images) == 0:
@@ -47,7 +49,7 @@ def correct_under_attack(model, images, labels, *, attack=None, eps: float = 0.0
                 pad = batch_size - size
                 x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
                 y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
-            x = attack.run(source, x, y, eps=eps, seed=generator).numpy()[:size]
+            x = ops.convert_to_numpy(attack.run(source, x, y, eps=eps, seed=generator))[:size]
             y = y[:size]
         flags.append(predict_labels(model, x, batch_size) == y)
     return np.concatenate(flags)

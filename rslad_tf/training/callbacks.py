@@ -13,6 +13,8 @@ epoch (each reads what the ones before it left):
 The loop calls `fit` once per epoch, with that epoch's seeded data order (and, resuming
 mid-epoch, without the batches already trained on), which Keras' own epoch loop and
 `BackupAndRestore` cannot reproduce exactly; the callbacks keep their state across calls.
+They run on every Keras backend (TensorBoard, and the selection's TensorBoard scalars, on
+TensorFlow only).
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class StepGuard(keras.callbacks.Callback):
             self.bad_step = self.step
             self.model.stop_training = True
         elif self.save_every_steps and self.step % self.save_every_steps == 0:
+            # Reading `self.model` brings JAX's variables up to date with the stateless
+            # training state (Keras syncs them at the end of an epoch otherwise).
+            _ = self.model
             self.state.save(self.epoch, self.step)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -138,8 +143,6 @@ class PGD20Selection(keras.callbacks.Callback):
         return clean, robust
 
     def on_epoch_end(self, epoch, logs=None):
-        import tensorflow as tf
-
         from rslad_tf.methods import saving
 
         self.results, self.marks = {}, set()
@@ -148,9 +151,12 @@ class PGD20Selection(keras.callbacks.Callback):
             model = self.student.model_f32
             clean, robust = self._accuracies(model)
             self.results.update(clean_acc=clean, pgd20_acc=robust)
-            with self.eval_writer.as_default():
-                tf.summary.scalar("clean_acc", clean, step=epoch)
-                tf.summary.scalar("pgd20_acc", robust, step=epoch)
+            if self.eval_writer is not None:  # TensorFlow's TensorBoard writer
+                import tensorflow as tf
+
+                with self.eval_writer.as_default():
+                    tf.summary.scalar("clean_acc", clean, step=epoch)
+                    tf.summary.scalar("pgd20_acc", robust, step=epoch)
             if robust > self.state.best[0]:
                 self.state.best = (robust, epoch)
                 saving.save_model(model, os.path.join(self.ckpt_dir, "best.keras"))

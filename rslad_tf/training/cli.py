@@ -2,6 +2,10 @@
 
 The run directory it writes is described in `rslad_tf.training.run_dir`; a run never
 overwrites an existing run directory unless ``--resume`` is given.
+
+``--backend`` (else ``KERAS_BACKEND``, else TensorFlow) picks the Keras backend; it is set
+before anything imports Keras, so nothing here imports Keras (or TensorFlow) at module
+level (docs/backends.md: what each backend runs).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from rslad_tf import backends
 from rslad_tf.common import runtime, vocabulary
 from rslad_tf.common.errors import ArgumentParser, UserError
 from rslad_tf.config import overrides, presets
@@ -49,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m rslad_tf.train",
         description="Train a robust teacher or distil a student from a named preset.")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--backend", metavar="{" + ",".join(backends.SUPPORTED) + "}",
+                        help="Keras backend to train on (default: KERAS_BACKEND, else "
+                             "tensorflow; docs/backends.md)")
     parser.add_argument("--preset",
                         help="named experiment, e.g. digits-teacher, digits-rslad "
                              "(see --list-presets)")
@@ -99,11 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_other(backend: str, attack_shards) -> None:
+    """The JAX or torch counterpart of `runtime.configure`: torch's thread pool sized to
+    the cores (``RSLAD_TF_THREADS``); attack shards are TensorFlow-only (said when asked)."""
+    if attack_shards != "auto" and attack_shards > 1:
+        print(f"speed: --attack-shards is TensorFlow-only; the {backend} backend runs the "
+              "training attack in one piece (same results)")
+    if backend == "torch":
+        from rslad_tf.backends import torch_backend
+
+        torch_backend.set_threads(runtime.cores())
+
+
 def main(argv=None) -> None:
     """Parse ``argv``, check the output location and the teacher, train, print the
     summary as JSON."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:  # before anything imports Keras: Keras reads the backend once
+        backend = backends.select(args.backend)
+    except backends.BackendError as exc:
+        raise UserError(str(exc)) from None
     if args.list_presets:
         print("\n".join(presets.available()))
         return
@@ -118,9 +142,12 @@ def main(argv=None) -> None:
         from rslad_tf.common import fileio
 
         fileio.check_keras_archive(run_dir.find_teacher(config, args.runs_dir), "teacher")
-    shards = runtime.configure(attack_shards=attack_shards)
-    if shards > 1:
-        print(f"speed: training attack in {shards} shards run side by side")
+    if backend == "tensorflow":
+        shards = runtime.configure(attack_shards=attack_shards)
+        if shards > 1:
+            print(f"speed: training attack in {shards} shards run side by side")
+    else:
+        _configure_other(backend, attack_shards)
     from rslad_tf.training.loop import train
 
     summary = train(config, out_dir, resume=args.resume, runs_dir=args.runs_dir,

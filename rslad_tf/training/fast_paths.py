@@ -1,7 +1,11 @@
 """How a run executes without changing what it computes: the distribution strategy, the
 mixed precision policy (and the float32 copy that evaluation and checkpoints use), and the
 exact fast paths of `RuntimeOptions` (device-resident data, the teacher soft-label cache,
-the BatchNorm-folded training attack). docs/speed.md describes each."""
+the BatchNorm-folded training attack). docs/speed.md describes each.
+
+On the JAX and torch backends (docs/backends.md) there is no strategy (one device), the
+exact fast paths are TensorFlow paths that the run does without, saying so in one line,
+and the batches are numpy arrays (`epoch_batches`)."""
 
 from __future__ import annotations
 
@@ -52,10 +56,15 @@ def float32_copy(config: presets.TrainConfig, student, into=None):
 
 
 def default_strategy():
-    """`MirroredStrategy` over all local GPUs when there are several, else the default.
+    """`MirroredStrategy` over all local GPUs when there are several, else the default;
+    None on the other backends (one device, no `tf.distribute`).
 
     The global batch size stays the preset's; each method scales its loss by the number of
     replicas, so N devices compute the update of one device."""
+    from rslad_tf import backends
+
+    if not backends.is_tensorflow():
+        return None
     import tensorflow as tf
 
     gpus = tf.config.list_logical_devices("GPU")
@@ -70,12 +79,17 @@ def setup_fast_paths(config: presets.TrainConfig, method, x_train, y_train, *,
     (``device_data``), the teacher soft-label cache (``teacher_cache``) and the folded
     attack (``fold_attack_bn``). Returns what is on: {"device_data": DeviceData or None,
     "teacher_cache": SoftLabelCache or None, "folded": bool}."""
+    from rslad_tf import backends
+
+    options = config.runtime
+    out = {"device_data": None, "teacher_cache": None, "folded": False}
+    if not backends.is_tensorflow():
+        _say_tensorflow_only(options, backends.name(), log)
+        return out
     from rslad_tf.data import device_data as dd
     from rslad_tf.data import spec
     from rslad_tf.methods.soft_label_cache import SoftLabelCache, cache_bytes, num_variants
 
-    options = config.runtime
-    out = {"device_data": None, "teacher_cache": None, "folded": False}
     if options.device_data != "off":
         if num_replicas > 1:
             if options.device_data == "on":
@@ -109,6 +123,41 @@ def setup_fast_paths(config: presets.TrainConfig, method, x_train, y_train, *,
     return out
 
 
+def _say_tensorflow_only(options: presets.RuntimeOptions, backend: str, log) -> None:
+    """One line per exact fast path asked for on a backend that has it not (each changes
+    how fast a run goes, never what it computes, so the run goes on without it)."""
+    asked = [what for what, on in (
+        ("device-resident data (--device-data on)", options.device_data == "on"),
+        ("the teacher soft-label cache (--teacher-cache)", options.teacher_cache),
+        ("BatchNorm folding of the training attack (--fold-attack-bn)",
+         options.fold_attack_bn)) if on]
+    for what in asked:
+        log(f"speed: {what} is TensorFlow-only; the {backend} backend trains without it "
+            "(same results)")
+
+
+def epoch_batches(config: presets.TrainConfig, fast: dict, x_train, y_train, epoch: int, *,
+                  steps: int, first_step: int = 0):
+    """What `fit` trains on in ``epoch``: its batches ``first_step`` to ``steps``. On
+    TensorFlow the `training_dataset` pipeline; on JAX and torch numpy batches
+    (`rslad_tf.data.numpy_batches`) in an order seeded the same way per epoch."""
+    from rslad_tf import backends
+
+    if backends.is_tensorflow():
+        return training_dataset(config, fast, x_train, y_train, epoch).take(steps).skip(
+            first_step)
+    from rslad_tf.data import numpy_batches
+
+    return numpy_batches(x_train, y_train, config.batch_size, seed=epoch_seed(config, epoch),
+                         start=first_step, stop=steps)
+
+
+def epoch_seed(config: presets.TrainConfig, epoch: int) -> int:
+    """The data order's seed of ``epoch``: one per epoch, so a resumed run sees the same
+    order."""
+    return config.seed * 100003 + epoch
+
+
 def training_dataset(config: presets.TrainConfig, fast: dict, x_train, y_train, epoch: int):
     """One epoch's batches: indices (device data), or images with or without indices.
 
@@ -117,7 +166,7 @@ def training_dataset(config: presets.TrainConfig, fast: dict, x_train, y_train, 
     from rslad_tf.data import make_dataset
     from rslad_tf.data.device_data import indexed_dataset
 
-    seed = config.seed * 100003 + epoch
+    seed = epoch_seed(config, epoch)
     if fast.get("device_data") is not None:
         return fast["device_data"].index_dataset(config.batch_size, shuffle=True, seed=seed)
     if fast.get("teacher_cache") is not None:

@@ -2,17 +2,25 @@
 it epoch by epoch with the callbacks of `rslad_tf.training.callbacks` (schedule, guard,
 selection, record). The run directory is `rslad_tf.training.run_dir`; the fast paths
 and mixed precision are `rslad_tf.training.fast_paths`; the command line is
-`rslad_tf.training.cli` (``python -m rslad_tf.train``)."""
+`rslad_tf.training.cli` (``python -m rslad_tf.train``).
+
+One loop for every Keras backend (docs/backends.md): on TensorFlow it feeds `fit` from
+tf.data, under a `tf.distribute` strategy, with TensorBoard logs and the exact fast paths;
+on JAX and torch from numpy batches (`fast_paths.epoch_batches`), on one device, and
+TensorFlow is never imported. The callbacks, the run directory and its files are the
+same on every backend."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+from rslad_tf import backends
 from rslad_tf.common.errors import UserError
 from rslad_tf.config import presets
 from rslad_tf.training import run_dir
-from rslad_tf.training.fast_paths import (create_student, default_strategy, setup_fast_paths,
-                                          training_dataset)
+from rslad_tf.training.fast_paths import (create_student, default_strategy, epoch_batches,
+                                          setup_fast_paths)
 from rslad_tf.training.schedule import steps_per_epoch
 
 
@@ -60,10 +68,10 @@ def build_method(config: presets.TrainConfig, student, teacher=None):
 def setup_weight_average(config: presets.TrainConfig, method, *, log=print):
     """Attach an EMA of the student's weights when ``config.ema_decay`` is set (one device
     only; see `rslad_tf.methods.ema` for how BatchNorm statistics are averaged)."""
-    from rslad_tf.methods.ema import WeightAverage
-
     if config.ema_decay is None:
         return None
+    from rslad_tf.methods.ema import WeightAverage
+
     if method.distribute_strategy.num_replicas_in_sync > 1:
         raise UserError("ema_decay (the weight average) works on one device only")
     average = WeightAverage(method.student, config.ema_decay)
@@ -79,7 +87,13 @@ def train(config: presets.TrainConfig, out_dir: str, **kwargs) -> dict:
     TensorFlow's deterministic-ops switch is process-wide: a deterministic run turns it on
     and this wrapper turns it off again, so later work in the process (e.g. XLA kernels that
     have no deterministic version) is unaffected.
+
+    On JAX and torch the run keeps TensorFlow out of the process
+    (`rslad_tf.backends.tensorflow_kept_out`).
     """
+    if not backends.is_tensorflow():
+        with backends.tensorflow_kept_out():
+            return _train(config, out_dir, **kwargs)
     from tensorflow.python.framework import config as tf_config
 
     was_deterministic = tf_config.is_op_determinism_enabled()
@@ -88,6 +102,31 @@ def train(config: presets.TrainConfig, out_dir: str, **kwargs) -> dict:
     finally:
         if not was_deterministic and tf_config.is_op_determinism_enabled():
             tf_config.disable_op_determinism()
+
+
+def _check_other_backend(config: presets.TrainConfig, out_dir: str, final_eval: bool,
+                         strategy, log) -> bool:
+    """The options a JAX or torch run cannot honour: a `UserError` for those whose absence
+    would change what the run produces (the weight average, a `tf.distribute` strategy),
+    one line for those it does without (deterministic ops, TensorBoard logs, the final
+    evaluation suite, which is skipped: returns whether to run it, False)."""
+    backend = backends.name()
+    if config.ema_decay is not None:
+        raise UserError(f"ema_decay (the weight average) is TensorFlow-only; the {backend} "
+                        "backend cannot train it: drop ema_decay or use --backend tensorflow")
+    if strategy is not None:
+        raise UserError(f"a tf.distribute strategy is TensorFlow-only; the {backend} backend "
+                        "trains on one device")
+    if config.runtime.deterministic:
+        log(f"--deterministic is TensorFlow's switch; the {backend} backend runs without it")
+    log(f"backend {backend}: numpy batches, one device; TensorBoard logs are "
+        "TensorFlow-only (history.csv has every epoch)")
+    if final_eval:
+        best = os.path.join(run_dir.checkpoint_dir(out_dir), "best.keras")
+        log(f"final evaluation: the evaluation suite (native AutoAttack) runs on TensorFlow; "
+            f"skipped under {backend}: afterwards run `python -m rslad_tf.evaluate {best}` "
+            "(TensorFlow backend)")
+    return False
 
 
 def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
@@ -100,10 +139,10 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     ``teacher``: an already loaded teacher model (otherwise found from the config).
     ``final_eval``: run the full evaluation suite on best and last at the end.
     ``download``: let the dataset loader fetch missing files (CIFAR through TFDS).
-    ``strategy``: a `tf.distribute` strategy (default: all local GPUs, see `default_strategy`).
+    ``strategy``: a `tf.distribute` strategy (default: all local GPUs, see `default_strategy`;
+    TensorFlow only).
     """
     import keras
-    import tensorflow as tf
 
     from rslad_tf.config.overrides import describe
     from rslad_tf.data import load_numpy, spec, split_validation
@@ -114,6 +153,9 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     if resume:
         # Only the epoch budget may change on resume (e.g. to extend a run).
         config = run_dir.read_config(out_dir).replace(epochs=config.epochs)
+    tensorflow = backends.is_tensorflow()
+    if not tensorflow:
+        final_eval = _check_other_backend(config, out_dir, final_eval, strategy, log)
     # Find the teacher before any slow work, so a missing one fails fast.
     teacher_path = (run_dir.find_teacher(config, runs_dir)
                     if config.needs_teacher and teacher is None else None)
@@ -130,10 +172,12 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     if config.eval_n_examples:
         x_test, y_test = x_test[:config.eval_n_examples], y_test[:config.eval_n_examples]
 
-    if config.runtime.deterministic:
+    if config.runtime.deterministic and tensorflow:
+        import tensorflow as tf
+
         tf.config.experimental.enable_op_determinism()
     strategy = strategy or default_strategy()
-    with strategy.scope():
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
         if teacher_path is not None:
             teacher = load_teacher(teacher_path, data_spec)
             config = config.replace(teacher_path=os.path.abspath(teacher_path))
@@ -141,7 +185,8 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         student = create_student(config)
         method = build_method(config, student, teacher)
     fast = setup_fast_paths(config, method, x_train, y_train,
-                            num_replicas=strategy.num_replicas_in_sync, log=log)
+                            num_replicas=strategy.num_replicas_in_sync if strategy else 1,
+                            log=log)
     ckpt_dir = run_dir.checkpoint_dir(out_dir)
     state = run_dir.ResumableState(os.path.join(ckpt_dir, run_dir.STATE_FILE), method)
     average = setup_weight_average(config, method, log=log)
@@ -169,12 +214,19 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     # Checkpoints and evaluation are float32: a mixed precision student is copied into a
     # float32 model of the same architecture before each evaluation and save.
     student_f32 = callbacks.Float32Student(config, student)
-    eval_writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard", "eval"))
+    eval_writer = None
+    if tensorflow:  # TensorBoard's writers are TensorFlow's
+        import tensorflow as tf
+
+        eval_writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard",
+                                                                 "eval"))
     selection = callbacks.PGD20Selection(config, student_f32, x_test, y_test, state,
                                          ckpt_dir=ckpt_dir, eval_writer=eval_writer,
                                          average=average, ema_model=ema_model)
     epoch_callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "tensorboard")),
+    ] if tensorflow else []
+    epoch_callbacks += [
         callbacks.StepSchedule(config),
         callbacks.StepGuard(state, config.runtime.save_every_steps,
                             resume_at=(start_epoch, start_step)),
@@ -187,11 +239,13 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         # One `fit` per epoch: each epoch has its own seeded data order, and an epoch
         # resumed mid-way skips the batches it already trained on.
         first_step = start_step if epoch == start_epoch else 0
-        batches = training_dataset(config, fast, x_train, y_train, epoch)
-        method.fit(batches.take(steps).skip(first_step), epochs=epoch + 1,
-                   initial_epoch=epoch, verbose=0, callbacks=epoch_callbacks)
+        batches = epoch_batches(config, fast, x_train, y_train, epoch, steps=steps,
+                                first_step=first_step)
+        method.fit(batches, epochs=epoch + 1, initial_epoch=epoch, verbose=0,
+                   callbacks=epoch_callbacks)
 
     summary = {"out_dir": out_dir, "preset": config.preset, "method": config.method,
+               "backend": backends.name(),
                "experiment_id": config.experiment_id(),
                "best_epoch": state.best[1] + 1, "best_pgd20_acc": state.best[0],
                "last_clean_acc": run_dir.last_value(history, "clean_acc"),
