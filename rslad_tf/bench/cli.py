@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from rslad_tf.bench.peers import KERAS_BACKENDS
 from rslad_tf.bench.robustness import robustness
 from rslad_tf.bench.run import run
 from rslad_tf.common.errors import UserError
@@ -28,6 +29,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-buckets", type=int,
                         help="teacher-cache miss granularity (default 4; fewer = faster XLA "
                              "compilation, less saving)")
+    parser.add_argument("--backend", nargs="+", choices=KERAS_BACKENDS,
+                        help="instead: RSLADModel's step on these Keras backends against the "
+                             "reference RSLAD in plain PyTorch, side by side (GPU profile "
+                             "unless --profile cpu-paper); under jax and torch no TensorFlow "
+                             "is imported")
+    parser.add_argument("--profile", choices=("cpu-paper",),
+                        help="cpu-paper: ResNet-18 student and teacher, batch 32, through the "
+                             "public fit() with default settings (and TensorFlow's speed "
+                             "options) on every backend (or --backend), against the PyTorch "
+                             "reference on this CPU")
+    parser.add_argument("--warmup", type=int, help="warm-up steps before timing (--backend)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny models, batch 8, 2 attack steps, one short round: checks "
+                             "that every part runs (with --backend or --profile)")
+    parser.add_argument("--keras-torch-compile", action="store_true",
+                        help="--backend torch: compile the step with torch.compile "
+                             "(jit_compile=True; off by default, see docs/speed.md)")
     parser.add_argument("--robustness", action="store_true",
                         help="instead: train digits RSLAD per seed with the reference and the "
                              "optimised configurations and compare their PGD-20 accuracy "
@@ -43,9 +61,18 @@ def main(argv=None) -> None:
     """Parse `argv`, then time the configurations (or, with --robustness, train them).
     TensorFlow is first imported here, after the thread pools are configured."""
     args = build_parser().parse_args(argv)
-    for name in ("steps", "repeats", "cache_buckets"):
+    for name in ("steps", "repeats", "cache_buckets", "warmup"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if args.backend or args.profile:
+        result = peers_run(args)
+        if args.json:
+            from rslad_tf.common import fileio
+
+            fileio.write_json(args.json, result)
+        return
+    if args.smoke:
+        raise UserError("--smoke goes with --backend or --profile cpu-paper")
     from rslad_tf.common import runtime
 
     # --robustness trains like the train CLI (attack shards "auto": exact, so the variants
@@ -69,3 +96,42 @@ def main(argv=None) -> None:
 
         fileio.write_json(args.json, result)
 
+
+
+def peers_run(args) -> dict:
+    """``--backend`` / ``--profile cpu-paper``: `peers.compare` in child processes; this
+    process imports no framework."""
+    from rslad_tf.bench import peers
+    from rslad_tf.bench.profiles import PEER_PROFILES, smoke
+    from rslad_tf.common.runtime import cores
+
+    if args.robustness:
+        raise UserError("--robustness cannot be combined with --backend or --profile")
+    if args.profile == "cpu-paper":
+        if args.device == "gpu":
+            raise UserError("--profile cpu-paper is a CPU profile: drop --device gpu")
+        profile = PEER_PROFILES["cpu-paper"]
+        backends = args.backend or KERAS_BACKENDS
+        variants = peers.cpu_paper_variants(backends, cores())
+        hide_gpu, device = True, "cpu"
+        # Each fit() pass times the intervals between its batch ends: one fewer step than
+        # batches; the reference times as many steps.
+        steps, repeats, warmup = 3, 2, 1
+    else:
+        profile = PEER_PROFILES["gpu"]
+        # --smoke on a CPU: torch.compile's aot_eager backend checks the compiled path
+        # without minutes of C++ kernel generation.
+        variants = peers.gpu_variants(args.backend, args.keras_torch_compile,
+                                      "aot_eager" if args.smoke else "inductor")
+        device = args.device or "gpu"
+        hide_gpu = device == "cpu"
+        steps, repeats, warmup = 10, 3, 5
+        if device == "cpu" and not args.smoke:
+            raise UserError("the GPU profile (ResNet-18 + WRN-34-10, batch 128) takes minutes "
+                            "per step on a CPU: add --smoke, or use --profile cpu-paper")
+    if args.smoke:
+        profile = smoke(profile)
+        steps, repeats, warmup = 2, 1, 1
+    return peers.compare(profile, variants, steps=args.steps or steps,
+                         repeats=args.repeats or repeats, warmup=args.warmup or warmup,
+                         hide_gpu=hide_gpu, device=device)

@@ -55,6 +55,30 @@ PROFILES = {
                    augment_padding=4, augment_flip=True, eval_batch_size=256),
 }
 
+# The profiles of the side-by-side comparison with the PyTorch reference (`peers`):
+# "gpu" is the GPU profile without in-batch augmentation (the JAX and torch backends do not
+# have it yet; the reference then does without it too); "cpu-paper" is a new user's
+# paper-scale run on a CPU: ResNet-18 student and teacher, batch 32, 10 attack steps, four
+# batches per pass (each `fit` pass times the three intervals between its batch ends).
+PEER_PROFILES = {
+    "gpu": dataclasses.replace(PROFILES["gpu"], name="gpu-cifar-backends", augment_padding=0,
+                               augment_flip=False),
+    "cpu-paper": Profile("cpu-paper", (32, 32, 3), 10, ("resnet18", {}), ("resnet18", {}),
+                         batch_size=32, num_examples=128, epsilon=8 / 255, attack_steps=10,
+                         augment_padding=0, augment_flip=False, eval_batch_size=32),
+}
+
+
+def smoke(profile: Profile) -> Profile:
+    """`profile` with tiny models (ResNet-18 at width 4; WRN-10-1 for a WRN teacher), batch
+    8 and 2 attack steps: a check that every part runs, in seconds on a CPU."""
+    teacher = (("wrn34_10", {"depth": 10, "widen_factor": 1}) if profile.teacher[0] == "wrn34_10"
+               else ("resnet18", {"base_width": 4}))
+    return dataclasses.replace(profile, name=f"{profile.name}-smoke",
+                               student=("resnet18", {"base_width": 4}), teacher=teacher,
+                               batch_size=8, num_examples=32, attack_steps=2)
+
+
 # Which fast paths the optimised configuration uses on each device (module docstring).
 # CPU: only the exact ones (the same weights as the reference, bit for bit): bfloat16 and
 # the folded attack gained at most a few percent here (ablation rows) and change rounding.
