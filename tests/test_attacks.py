@@ -52,6 +52,47 @@ def test_eps_zero_returns_the_input(trained_digits_model, digits_data):
     np.testing.assert_array_equal(attacks.fgsm(trained_digits_model, x, y, eps=0.0).numpy(), x)
 
 
+def _sum_model():
+    """logits = (sum of the pixels, 0, ..., 0): the input gradient of CE on label 1 is
+    softmax(logits)[0] > 0 at every pixel and every point, so each step is known: +step."""
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    dense = keras.layers.Dense(10, use_bias=False)
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    kernel = np.zeros((64, 10), np.float32)
+    kernel[:, 0] = 1.0
+    dense.kernel.assign(kernel)
+    return model
+
+
+@pytest.mark.parametrize("start", ["uniform", "normal"])
+def test_clip_start_decides_where_the_first_gradient_is_taken(digits_data, start):
+    """``clip_start=True`` clips x + noise before the first step (Madry's code, RSLAD's
+    evaluation PGD); ``clip_start=False`` only after it (the ARD, IAD, TRADES, RSLAD and
+    AdaAD training attacks): a pixel at 0 with noise -0.15 and a +0.05 step ends at 0, not
+    at 0.05. Both results stay in the eps ball and [0, 1], zero steps included."""
+    from rslad_tf.attacks.engine import random_start
+
+    x = digits_data[0][0][:16]
+    assert (x == 0.0).mean() > 0.2 and (x == 1.0).any()  # digits: many pixels at 0 and 1
+    y = np.ones(16, np.int32)
+    model, step = _sum_model(), EPS / 4
+    raw = random_start(tf.constant(x), EPS, start, 7, clip=False).numpy()
+    lower, upper = np.maximum(x - EPS, 0.0), np.minimum(x + EPS, 1.0)
+    expected = {True: np.clip(np.clip(raw, lower, upper) + step, lower, upper),
+                False: np.clip(raw + step, lower, upper)}
+    for clip in (True, False):
+        kw = dict(eps=EPS, step_size=step, start=start, seed=7, clip_start=clip)
+        got = attacks.pgd_graph(model, x, y, steps=1, **kw).numpy()
+        np.testing.assert_allclose(got, expected[clip], atol=TOL, err_msg=str(clip))
+        none = attacks.pgd_graph(model, x, y, steps=0, **kw).numpy()
+        np.testing.assert_allclose(none, np.clip(raw, lower, upper), atol=TOL)
+    # The two differ where the noise pushed a pixel below 0 (or above 1): by up to a step
+    # for the uniform start, by the noise itself (about 1e-3) for the normal one.
+    assert (np.abs(expected[True] - expected[False]) > TOL).any()
+
+
 def test_pgd_at_least_as_strong_as_fgsm(trained_digits_model, digits_data):
     _, (x, y) = digits_data
     clean = accuracy_under_attack(trained_digits_model, x, y)

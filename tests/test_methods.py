@@ -98,7 +98,8 @@ def test_iad_is_ard_during_warmup_then_adds_the_introspective_term(trained_digit
     (x, y), _ = digits_data
     x, y = tf.constant(x[:32]), tf.constant(y[:32])
     iad = _method("iad", trained_digits_model, warmup_epochs=2)
-    ard = ARDModel(iad.student, trained_digits_model, epsilon=EPS)
+    # IAD's warm-up is ARD with IAD's own distillation reduction ("batchmean", IAD-I.py).
+    ard = ARDModel(iad.student, trained_digits_model, epsilon=EPS, reduction=iad.reduction)
     ctx = iad.prepare(x, y)
     x_adv = iad.attack(x, y, ctx)
     ard_loss = ard.loss_terms(x, x_adv, y, ctx)["loss"].numpy()

@@ -10,16 +10,19 @@ rslad_tf), from the same weights and the same batch. Compared: the loss of each 
 reference variant (no attack, a wrong reduction, the wrong BatchNorm mode, ...) misses them
 by at least CALIBRATION_MARGIN times (docs/parity.md lists the measured errors).
 
-Attack start: ``attack_start="none"`` on both sides (deterministic), except TRADES. Its
-objective KL(S(x) || S(x')) has an exactly zero gradient at x' = x, so from x the first
-signed step would follow rounding noise; and from its reference start x + 0.001 N(0, 1)
-the first gradients are still about 1e-7, where float32 rounding (about 4e-9) flips the
-sign of a few pixels' first step (measured: 2 of 2048 pixels, 35 after ten steps, a loss
-error of 8.7e-3), a numerical artefact rather than a method difference. TRADES' runs
-therefore start both sides from the same U(-eps, eps) point: our clipped start, recomputed
-from the seed the method's generator hands out for that step. The start types themselves
-are checked against the references' by `test_attack_starts_are_the_references`, and the
-one start difference found (clipping before the first gradient) has its own xfail test.
+Attack start: ``attack_start="none"`` on both sides (deterministic), except SAT and
+TRADES, which start both sides from the same U(-eps, eps) draw: the one our method makes,
+recomputed from the seed its generator hands out for that step and handed to the reference
+unclipped; each side then clips it or not before the first gradient as its method does
+(SAT: Madry's code clips it to [0, 1] first; the other references clip only after the first
+step). SAT's run thereby checks the clipped start, TRADES' the unclipped one, each with a
+wrong variant that clips the other way. TRADES cannot start at x anyway: its objective
+KL(S(x) || S(x')) has an exactly zero gradient at x' = x, so from x the first signed step
+would follow rounding noise; and from its reference start x + 0.001 N(0, 1) the first
+gradients are still about 1e-7, where float32 rounding (about 4e-9) flips the sign of a few
+pixels' first step (measured: 2 of 2048 pixels, 35 after ten steps, a loss error of
+8.7e-3), a numerical artefact rather than a method difference. The start types themselves
+are checked against the references' by `test_attack_starts_are_the_references`.
 
 Sign flips otherwise: the reference runs in float64, so its signs are exact; a float32
 gradient within rounding of zero could flip one pixel's step. On this batch the matching
@@ -53,10 +56,10 @@ UPDATE_RTOL = 2e-3
 # A wrong variant must miss a tolerance by at least this factor (a clear margin).
 CALIBRATION_MARGIN = 10.0
 
-# TRADES' objective KL(S(x) || S(x')) has a zero gradient at x' = x: its parity runs share
-# a random start instead of starting at x (module docstring).
+# Runs that share a random start instead of starting at x: SAT (the clipped start) and
+# TRADES (the unclipped start; its objective has a zero gradient at x' = x). Module docstring.
 SHARED_START = "uniform"
-SHARED_START_METHODS = ("trades",)
+SHARED_START_METHODS = ("sat", "trades")
 
 STUDENT_WIDTH = 4
 TEACHER_WIDTH = 8
@@ -121,10 +124,10 @@ def keras_snapshot(model) -> dict:
             for key in student_state()}
 
 
-def torch_model(state: dict, width: int, **kwargs) -> ref.SmallCNN:
+def torch_model(state: dict, width: int) -> ref.SmallCNN:
     """The PyTorch twin: HWIO -> OIHW kernels, (in, out) -> (out, in) dense, Keras BatchNorm
     (momentum 0.9 = PyTorch's 0.1, epsilon 1e-5) -> weight, bias, running mean/var."""
-    net = ref.SmallCNN(width, **kwargs)
+    net = ref.SmallCNN(width)
 
     def put(param, value):
         param.copy_(torch.from_numpy(np.asarray(value, np.float64)))
@@ -176,8 +179,7 @@ def flat_update(before: dict, after: dict, attributes=TRAINABLE) -> np.ndarray:
 class Run:
     losses: list
     states: list  # weights before step 1, after step 1, after step 2
-    noises: list  # the attack start perturbation of each step (NCHW) or None
-    raw_noises: list = None  # the same before clipping the start to [0, 1]
+    noises: list  # the attack start perturbation of each step, unclipped (NCHW), or None
 
 
 def method_config(name: str, overrides: tuple = ()) -> presets.TrainConfig:
@@ -204,43 +206,40 @@ def keras_run(name: str, overrides: tuple = ()) -> Run:
     student = keras_model(student_state(), STUDENT_WIDTH)
     teacher = keras_model(teacher_state(), TEACHER_WIDTH) if config.needs_teacher else None
     method = build_method(config, student, teacher)
-    states, losses, noises, raw_noises = [keras_snapshot(student)], [], [], []
+    states, losses, noises = [keras_snapshot(student)], [], []
     for _ in range(STEPS):
         noises.append(start_offset(method, x))
-        raw_noises.append(start_offset(method, x, clip=False))
         losses.append(float(method.train_on_batch(x, y, return_dict=True)["loss"]))
         states.append(keras_snapshot(student))
-    return Run(losses, states, noises, raw_noises)
+    return Run(losses, states, noises)
 
 
-def start_offset(method, x, clip=True):
-    """x_start - x of the method's next attack (NCHW float64), None without a random start.
+def start_offset(method, x):
+    """x + noise - x of the method's next attack before any clipping (NCHW float64), None
+    without a random start.
 
     The method asks its seed generator once per step (digits has no augmentation), the
-    generator hands out its current state, and the start is U(-eps, eps) clipped to the
-    eps ball and [0, 1] (`rslad_tf.attacks.engine.random_start`); recomputed here with the
-    same stateless op and the same float32 clipping (``clip=False``: the noise alone)."""
+    generator hands out its current state, and the start is x + U(-eps, eps) in float32
+    (`rslad_tf.attacks.engine.random_start`), recomputed here with the same stateless op.
+    Whether it is then clipped before the first gradient is each side's own business (our
+    method's ``clip_attack_start``, the reference recipe's ``clip_start``)."""
     if method.attack_start == "none":
         return None
     assert method.attack_start == SHARED_START == "uniform"
     seed = tf.cast(method.seed_generator.state, tf.int64)
     noise = (tf.random.stateless_uniform(x.shape, seed, minval=-1.0, maxval=1.0)
              * method.epsilon).numpy()
-    eps = np.float32(method.epsilon)
-    start = np.clip(np.clip(x + noise, x - eps, x + eps), 0.0, 1.0) if clip else x + noise
-    offset = start.astype(np.float64) - x.astype(np.float64)
+    offset = (x + noise).astype(np.float64) - x.astype(np.float64)
     return torch.from_numpy(offset.transpose(0, 3, 1, 2).copy())
 
 
-def torch_run(name: str, recipe: ref.Recipe, noises: list, *,
-              biased_running_variance: bool = False, **hyper_changes) -> Run:
+def torch_run(name: str, recipe: ref.Recipe, noises: list, **hyper_changes) -> Run:
     """The reference's steps from the same weights and batch, one per entry of `noises`."""
     config = method_config(name)
     x, y = batch()
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))
     yt = torch.from_numpy(y.astype(np.int64))
-    student = torch_model(student_state(), STUDENT_WIDTH,
-                          biased_running_variance=biased_running_variance)
+    student = torch_model(student_state(), STUDENT_WIDTH)
     teacher = torch_model(teacher_state(), TEACHER_WIDTH) if config.needs_teacher else None
     states = [torch_snapshot(student)]
     losses = ref.train_steps(recipe, student, teacher, xt, yt,
@@ -308,57 +307,20 @@ def ours(name: str) -> Run:
     return keras_run(name, KERAS_OVERRIDES.get(name, ()))
 
 
+def reference_run(name: str, run: Run, recipe_changes=None, **hyper_changes) -> Run:
+    """The reference's steps from `run`'s starts, its recipe changed by `recipe_changes`
+    and its hyperparameters by `hyper_changes` (a deliberately wrong variant)."""
+    return torch_run(name, reference_recipe(name, **(recipe_changes or {})), run.noises,
+                     **hyper_changes)
+
+
 # -- the tests -------------------------------------------------------------------------------
-IAD_REDUCTION = (
-    "IAD's reference (IAD-I.py) sums its distillation KL over classes and averages over the "
-    "batch ('batchmean'); our IAD preset reduces it 'mean' over batch x classes, 1/10 of the "
-    "reference's on 10 classes")
-TRADES_STATISTICS = (
-    "BatchNorm running statistics differ after TRADES' step, which changes its next "
-    "eval-mode attack: the reference evaluates S(x) twice in training mode (three updates "
-    "of the statistics per step, ours two), and PyTorch tracks the unbiased batch variance, "
-    "Keras the biased one")
-
-
-@pytest.mark.parametrize("name", [
-    "natural", "sat",
-    pytest.param("trades", marks=pytest.mark.xfail(strict=True, reason=TRADES_STATISTICS)),
-    "ard",
-    pytest.param("iad", marks=pytest.mark.xfail(strict=True, reason=IAD_REDUCTION)),
-    "rslad"])
+@pytest.mark.parametrize("name", ["natural", "sat", "trades", "ard", "iad", "rslad"])
 def test_two_steps_match_the_reference(name):
     """Our preset's two steps against the reference algorithm (`torch_reference.REFERENCE`)."""
     run = ours(name)
-    err = errors(run, torch_run(name, reference_recipe(name), run.noises))
+    err = errors(run, reference_run(name, run))
     report(f"{name} vs reference", err)
-    assert_parity(err)
-
-
-# Where our step differs from the reference (the xfails above), the reference with that one
-# difference removed: everything else of the step must then match, and it is the base of
-# the method's wrong variants below.
-MATCHING_REFERENCE = {
-    "iad": ("distillation KL reduced 'mean'", {"reduction": "mean"}, {}),
-    "trades": ("S(x) once in training mode, biased running variance",
-               {"extra_clean_forward": False}, {"biased_running_variance": True}),
-}
-
-
-def matching_reference(name, run, recipe_changes=None, noises=None, **run_changes):
-    """The reference with the method's known difference (if any) removed, changed by
-    `recipe_changes` and `run_changes` (`torch_run` keywords)."""
-    _, base_recipe, base_run = MATCHING_REFERENCE.get(name, ("", {}, {}))
-    recipe = reference_recipe(name, **{**base_recipe, **(recipe_changes or {})})
-    return torch_run(name, recipe, run.noises if noises is None else noises,
-                     **{**base_run, **run_changes})
-
-
-@pytest.mark.parametrize("name", sorted(MATCHING_REFERENCE))
-def test_two_steps_match_the_reference_but_for_its_known_difference(name):
-    """Without its one known difference, the rest of the method's step matches."""
-    run = ours(name)
-    err = errors(run, matching_reference(name, run))
-    report(f"{name} vs reference with {MATCHING_REFERENCE[name][0]}", err)
     assert_parity(err)
 
 
@@ -367,37 +329,23 @@ def test_iad_warmup_step_matches_the_references_warmup():
     mode (its introspective loss evaluates S(x) a second time, but only after the warm-up),
     so BatchNorm's moving statistics move as often as in ARD's step."""
     run = keras_run("iad")  # the preset's warm-up: the steps are in epoch 0
-    err = errors(run, matching_reference("iad", run, {"introspection": False}))
+    err = errors(run, reference_run("iad", run, {"introspection": False}))
     report("iad in its warm-up vs the reference's warm-up", err)
     assert_parity(err)
 
 
-UNCLIPPED_START = (
-    "our random start is clipped to [0, 1] before the first attack gradient; the ARD and "
-    "IAD references (and TRADES/RSLAD with their normal start) take the first gradient at "
-    "the unclipped x + noise and clamp only after the step, which moves the whole attack "
-    "path where pixels sit at 0 or 1 (a third of the digits start pixels)")
-
-
-@pytest.mark.xfail(strict=True, reason=UNCLIPPED_START)
-def test_uniform_start_matches_the_references_unclipped_start():
-    """The TRADES parity run is the one that starts from a U(-eps, eps) draw: against the
-    reference that matches it (above) started at the unclipped x + U(-eps, eps) instead,
-    as ARD's and IAD's reference attacks start."""
-    run = ours("trades")
-    err = errors(run, matching_reference("trades", run, noises=run.raw_noises))
-    report("trades with the start unclipped as the ARD/IAD references", err)
-    assert_parity(err)
-
-
 def test_attack_starts_are_the_references():
-    """The parity runs fix the start (module docstring), so the start types are checked
-    here: each preset's random start is its reference's, and the normal start's scale."""
+    """Most parity runs fix the start (module docstring), so the start types are checked
+    here: each preset's random start is its reference's, so is whether the method clips it
+    before the first gradient (the SAT and TRADES runs also show it in the step), and the
+    normal start's scale."""
     from rslad_tf.attacks.engine import NORMAL_START_STD
+    from rslad_tf.methods import METHODS
 
     for name, recipe in ref.REFERENCE.items():
         if name != "natural":
             assert presets.method_defaults(name)["attack_start"] == recipe.start, name
+            assert METHODS[name].clip_attack_start == recipe.clip_start, name
     assert NORMAL_START_STD == ref.NORMAL_START_STD
 
 
@@ -409,18 +357,23 @@ WRONG_VARIANTS = {
                 ("no momentum", {}, {"momentum": 0.0})],
     "sat": [("no attack", {"attack": False}, {}),
             ("CE summed instead of averaged", {"reduction": "sum"}, {}),
-            ("BatchNorm in train mode in the attack", {"attack_bn": "train"}, {})],
+            ("BatchNorm in train mode in the attack", {"attack_bn": "train"}, {}),
+            ("start not clipped before the first gradient", {"clip_start": False}, {})],
     "trades": [("no attack", {"attack": False}, {}),
                ("KL 'mean' instead of 'batchmean'", {"reduction": "mean"}, {}),
-               ("BatchNorm in train mode in the attack", {"attack_bn": "train"}, {})],
+               ("BatchNorm in train mode in the attack", {"attack_bn": "train"}, {}),
+               # What our TRADES did before it followed the reference (docs/parity.md):
+               # two updates of the BatchNorm statistics per step instead of three.
+               ("S(x) once in training mode", {"extra_clean_forward": False}, {}),
+               # What our engine did before it followed the references (docs/parity.md).
+               ("start clipped before the first gradient", {"clip_start": True}, {})],
     "ard": [("no attack", {"attack": False}, {}),
             ("KL 'batchmean' instead of 'mean'", {"reduction": "batchmean"}, {}),
             ("BatchNorm in eval mode in the attack", {"attack_bn": "eval"}, {}),
             ("temperature 1 instead of 30", {"temperature": 1.0}, {})],
-    # IAD's base here is the reference reduced 'mean' like ours (its 'batchmean' is the
-    # xfail above).
     "iad": [("no attack", {"attack": False}, {}),
-            ("distillation KL summed instead of 'mean'", {"reduction": "sum"}, {}),
+            # What the IAD preset did before it followed IAD-I.py (docs/parity.md).
+            ("distillation KL 'mean' instead of 'batchmean'", {"reduction": "mean"}, {}),
             ("BatchNorm in eval mode in the attack", {"attack_bn": "eval"}, {}),
             ("no introspection term (plain ARD)", {"introspection": False}, {})],
     "rslad": [("no attack", {"attack": False}, {}),
@@ -440,7 +393,7 @@ def test_wrong_reference_variants_miss_the_tolerances():
     for name, variants in WRONG_VARIANTS.items():
         run = ours(name)
         for label, recipe_changes, hyper_changes in variants:
-            err = errors(run, matching_reference(name, run, recipe_changes, **hyper_changes))
+            err = errors(run, reference_run(name, run, recipe_changes, **hyper_changes))
             report(f"{name}, wrong variant '{label}'", err)
             ratios[f"{name}: {label}"] = worst_ratio(err)
     missed = {key: ratio for key, ratio in ratios.items() if ratio < CALIBRATION_MARGIN}

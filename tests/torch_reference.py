@@ -10,27 +10,32 @@ reference shows up as a parity failure. Everything runs in float64 (see `SmallCN
 Reference behaviour reproduced here, per method:
 
 - natural: CE(S(x), y), batch mean, student in training mode.
-- SAT (Madry et al. 2018): PGD on the summed CE with the student in eval mode, then
-  CE(S(x'), y), batch mean, in training mode.
+- SAT (Madry et al. 2018): PGD on the summed CE with the student in eval mode, from
+  x + U(-eps, eps) clipped to [0, 1] before the first step (Madry's code, and the "Madry"
+  PGD of IAD's attack_generator.py that trains its AT teacher), then CE(S(x'), y), batch
+  mean, in training mode.
 - TRADES (Zhang et al. 2019, trades.py): PGD on KL(S(x) || S(x')) summed, student in eval
   mode, from x + 0.001 N(0, 1) (not clipped before the first step); then in training mode
   CE(S(x), y) + beta * KL(S(x) || S(x')) summed over classes and divided by the batch
   ("batchmean"). The script evaluates S(x) twice in training mode (once for the CE, once
   for the KL target), so BatchNorm's running statistics move three times per step.
 - ARD (Goldblum et al. 2020, ARD.py): PGD on the summed CE with the student in training
-  mode (BatchNorm statistics move at every attack step), then alpha * tau^2 *
-  KLDivLoss()(log S^tau(x'), T^tau(x)) with PyTorch's default reduction "mean" over
-  batch x classes, plus (1 - alpha) * CE(S(x), y); tau = 30, alpha = 1.
-- IAD-I (Zhu et al. 2022, IAD-I.py): ARD's attack; after the warm-up
-  tau^2 * sum_i KL_i(T^tau(x) || S^tau(x')) / B (per-sample sums averaged over the batch,
-  i.e. "batchmean") + mean_i (1 - a_i) KL_i(S(x) || S(x')), a_i = softmax(T(x'_i))[y_i]^beta
-  (no gradient through a_i; the gradient does flow through the S(x) target), beta = 0.1,
-  tau = 30 as ARD's (IAD-I.py's own --temp default is 1.0; the paper's value is not in the
-  script, and the presets use 30).
+  mode (BatchNorm statistics move at every attack step), from x + U(-eps, eps) not clipped
+  before the first step, then alpha * tau^2 * KLDivLoss()(log S^tau(x'), T^tau(x)) with
+  PyTorch's default reduction "mean" over batch x classes, plus (1 - alpha) * CE(S(x), y);
+  tau = 30, alpha = 1.
+- IAD-I (Zhu et al. 2022, IAD-I.py): ARD's attack (its own copy, the same unclipped
+  start); in the warm-up tau^2 * sum_i KL_i(T^tau(x) || S^tau(x')) / B (per-sample sums
+  averaged over the batch, i.e. "batchmean"), after it that
+  + mean_i (1 - a_i) KL_i(S(x) || S(x')), a_i = softmax(T(x'_i))[y_i]^beta (no gradient
+  through a_i; the gradient does flow through the S(x) target), beta = 0.1, tau = 30 as
+  ARD's (IAD-I.py's own --temp default is 1.0; the paper's value is not in the script,
+  and the presets use 30).
 - RSLAD (Zi et al. 2021, rslad_loss.py and the training scripts): T(x) in eval mode; PGD on
-  KL(T(x) || S(x')) summed, student in eval mode, from x + 0.001 N(0, 1); then in training
-  mode 5/6 * KL(T(x) || S(x')) + 1/6 * KL(T(x) || S(x)) with the element-wise
-  b * (log(b + 1e-5) - a), averaged over batch x classes ("mean").
+  KL(T(x) || S(x')) summed, student in eval mode, from x + 0.001 N(0, 1) (not clipped
+  before the first step; the script's evaluation PGD, ``attack_pgd``, does clip its
+  uniform start); then in training mode 5/6 * KL(T(x) || S(x')) + 1/6 * KL(T(x) || S(x))
+  with the element-wise b * (log(b + 1e-5) - a), averaged over batch x classes ("mean").
 
 Every reference uses SGD with momentum 0.9 and coupled weight decay
 (``torch.optim.SGD(weight_decay=...)``) on all student parameters.
@@ -61,6 +66,8 @@ class Recipe:
     outer loss. ``attack``: False skips the inner maximisation (x' = x). ``start``: the
     reference's random start (the parity runs pass the start itself, see ``start_noise``).
     ``start_noise``: the attack starts from x + the step's given noise instead of x.
+    ``clip_start``: that start is clipped to the eps ball and [0, 1] before the first
+    gradient (Madry's code); else it is clipped only after the first step.
     ``extra_clean_forward``: TRADES' second training-mode S(x) for the KL target.
     ``introspection``: IAD's self-distillation term (False: its warm-up, plain ARD).
     """
@@ -72,6 +79,7 @@ class Recipe:
     update_bn: str = "train"
     attack: bool = True
     start_noise: bool = False
+    clip_start: bool = False
     temperature: float = 1.0
     alpha: float = 1.0
     beta: float = 0.0
@@ -86,7 +94,7 @@ NORMAL_START_STD = 0.001
 
 REFERENCE = {
     "natural": Recipe("natural", reduction="mean"),
-    "sat": Recipe("sat", reduction="mean", start="uniform", attack_bn="eval"),
+    "sat": Recipe("sat", reduction="mean", start="uniform", attack_bn="eval", clip_start=True),
     "trades": Recipe("trades", reduction="batchmean", start="normal", attack_bn="eval",
                      beta=6.0, extra_clean_forward=True),
     "ard": Recipe("ard", reduction="mean", start="uniform", attack_bn="train",
@@ -109,43 +117,24 @@ class Hyper:
     weight_decay: float
 
 
-class BiasedVarianceBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose running variance tracks the biased batch variance (Keras'
-    convention) instead of PyTorch's unbiased one; otherwise identical."""
-
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
-        with torch.no_grad():
-            self.running_mean.mul_(1 - self.momentum).add_(self.momentum * mean)
-            self.running_var.mul_(1 - self.momentum).add_(self.momentum * var)
-        shape = (1, -1, 1, 1)
-        x = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
-        return x * self.weight.view(shape) + self.bias.view(shape)
-
-
 class SmallCNN(nn.Module):
     """The digits CNN: conv-BN-ReLU with widths (w, w, 2w, 2w), a 2x2 max-pool after the
     second block, global average pooling, a linear classifier. NCHW, float64.
 
     float64 so that the reference's own rounding is negligible: the parity errors measured
     are then those of the float32 Keras step alone, and the sign of a near-zero input
-    gradient is the exact one. BatchNorm: PyTorch's (momentum 0.1, eps 1e-5, running
+    gradient is the exact one. BatchNorm: PyTorch's own (momentum 0.1, eps 1e-5, running
     variance from the unbiased batch variance, n / (n - 1) times the biased one that Keras
-    tracks); ``biased_running_variance=True`` takes Keras' convention instead.
+    tracks: a framework convention, measured in docs/parity.md).
     """
 
-    def __init__(self, width: int, num_classes: int = 10, in_channels: int = 1, *,
-                 biased_running_variance: bool = False):
+    def __init__(self, width: int, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
         widths = (width, width, 2 * width, 2 * width)
         ins = (in_channels,) + widths[:-1]
-        norm = BiasedVarianceBatchNorm2d if biased_running_variance else nn.BatchNorm2d
         self.convs = nn.ModuleList(nn.Conv2d(i, o, 3, padding=1, bias=False)
                                    for i, o in zip(ins, widths))
-        self.bns = nn.ModuleList(norm(o, eps=1e-5, momentum=0.1) for o in widths)
+        self.bns = nn.ModuleList(nn.BatchNorm2d(o, eps=1e-5, momentum=0.1) for o in widths)
         self.fc = nn.Linear(widths[-1], num_classes)
         self.to(DTYPE)
 
@@ -174,7 +163,11 @@ def pgd(model, x, objective, *, hyper: Hyper, bn: str, start=None):
 def _attack(recipe, model, x, objective, hyper, noise):
     if not recipe.attack:
         return x
-    start = x + noise if recipe.start_noise else None
+    start = None
+    if recipe.start_noise:
+        start = x + noise
+        if recipe.clip_start:
+            start = torch.min(torch.max(start, x - hyper.epsilon), x + hyper.epsilon).clamp(0, 1)
     return pgd(model, x, objective, hyper=hyper, bn=recipe.attack_bn, start=start)
 
 

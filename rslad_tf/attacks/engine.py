@@ -10,7 +10,10 @@ Projected gradient ascent on a pluggable objective (Madry et al. 2018):
   kappa-clipped); each summed over the batch, so each example's step is independent of the
   batch size.
 - random start ``start``: "none", "uniform" (U(-eps, eps), Madry / SAT / evaluation) or
-  "normal" (0.001 * N(0, 1), TRADES and RSLAD).
+  "normal" (0.001 * N(0, 1), TRADES and RSLAD); ``clip_start``: whether x + noise is clipped
+  to [0, 1] (and the eps ball) before the first gradient, as Madry's code and RSLAD's
+  evaluation PGD do (the default), or only after the first step, as the ARD, IAD, TRADES,
+  RSLAD and AdaAD training attacks do (``clip_start=False``; see `random_start`).
 
 The model (and ``target_model``) is always called with ``training=False``: BatchNorm moving
 statistics and all weights are untouched, and gradients are taken with respect to the input
@@ -72,25 +75,37 @@ def _noise(kind: str, x, seed):
     return keras.random.normal(ops.shape(x), seed=seed)
 
 
-def random_start(x, eps, start: str, seed):
-    """Starting point inside the eps ball and [0,1]. ``seed``: see `_noise`."""
+def random_start(x, eps, start: str, seed, clip: bool = True):
+    """The attack's starting point x + noise. ``seed``: see `_noise`.
+
+    ``clip=True``: clipped into the eps ball and [0, 1], as Madry's code and RSLAD's
+    evaluation PGD (``attack_pgd``) start. ``clip=False``: x + noise as drawn, as the
+    training attacks of ARD, IAD, TRADES, RSLAD and AdaAD start: their first gradient is
+    taken there and the point is clipped only after the first step. The two differ where x
+    sits at 0 or 1: a pixel at 0 with noise -0.15 and a +0.05 step ends at 0 unclipped and
+    at 0.05 clipped (and the first gradient is taken at another point), so the whole path
+    can differ (docs/parity.md)."""
     if start == "none":
         return x
     if start == "uniform":
         noise = _noise("uniform", x, seed) * eps
     else:
         noise = _noise("normal", x, seed) * NORMAL_START_STD
-    # The references clip only after the first step; clipping here as well changes nothing
-    # after that step and keeps the invariants true even for steps = 0.
+    if not clip:
+        return x + noise
     return ops.clip(ops.clip(x + noise, x - eps, x + eps), 0.0, 1.0)
 
 
 def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps,
               loss: str = "ce", start: str = "uniform", seed=None, kappa=50.0,
               objective_scale=1.0, return_zero_fraction: bool = False, shards=None,
-              target_model=None, stateful_model: bool = False):
+              target_model=None, stateful_model: bool = False, clip_start: bool = True):
     """PGD inside a compiled step (``tf.function`` / ``train_step`` on any backend).
-    Returns x_adv [B,H,W,C].
+    Returns x_adv [B,H,W,C], inside the eps ball and [0, 1].
+
+    ``clip_start``: clip the random start before the first gradient (True) or only after
+    the first step (False, the distillation and TRADES training attacks); see
+    `random_start`.
 
     ``target_model`` (objective "kl_model" only): the model whose softmax at x' is the KL
     target, recomputed at every step inside the gradient, so the step follows the input
@@ -164,7 +179,7 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
             return carry
         return ops.fori_loop(0, steps, step, carry)
 
-    x_adv = random_start(x, eps, start, seed)
+    x_adv = random_start(x, eps, start, seed, clip=clip_start)
     shards = resolve_shards(shards)
     if shards > 1 and not on_tf:
         backends.tensorflow_only("attack shards")
@@ -174,6 +189,9 @@ def pgd_graph(model, x, labels=None, target_probs=None, *, eps, step_size, steps
     else:
         x_adv, zeros = backends.current().run_in_shards(
             ascend, (x_adv, lower, upper, labels, target_probs), shards)
+    if not clip_start:
+        # An unclipped start left as it was by zero steps: the result is still a valid point.
+        x_adv = ops.clip(x_adv, lower, upper)
     if not return_zero_fraction:
         return x_adv
     total = ops.cast(steps, "float32") * ops.cast(ops.size(x_adv), "float32")

@@ -12,14 +12,18 @@ class IADModel(ARDModel):
     """IAD-I: plain ARD for the first ``warmup_epochs`` epochs, then
     tau^2 * KL(T^tau(x) || S^tau(x')) + mean_i (1 - a_i) * KL(S(x_i) || S(x'_i)) with
     a_i = softmax(T(x'_i))[y_i] ** beta (the teacher's trust on the student's adversarial
-    example). Reference defaults: warm-up 60 epochs, beta = 0.1, tau = 30. The epoch comes
-    from `fit` (the base class keeps the ``epoch`` variable in step)."""
+    example). Reference defaults: warm-up 60 epochs, beta = 0.1, tau = 30, and the
+    distillation KL summed over classes and averaged over the batch ("batchmean":
+    IAD-I.py divides the per-sample sums by the batch size, in the warm-up too), where ARD
+    reduces "mean". The epoch comes from `fit` (the base class keeps the ``epoch`` variable
+    in step)."""
 
     method_name = "iad"
     term_names = ("kl", "ce", "self_kl")
 
-    def __init__(self, student, teacher, *, beta=0.1, warmup_epochs=60, **kwargs):
-        super().__init__(student, teacher, **kwargs)
+    def __init__(self, student, teacher, *, beta=0.1, warmup_epochs=60, reduction="batchmean",
+                 **kwargs):
+        super().__init__(student, teacher, reduction=reduction, **kwargs)
         self.beta = float(beta)
         self.warmup_epochs = int(warmup_epochs)
 
