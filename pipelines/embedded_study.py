@@ -313,7 +313,7 @@ def run_all(out_root: str, workers: int, log=print) -> int:
     """Run every unfinished job, at most `workers` at a time, each once the training runs
     it needs are done; returns the number of jobs that failed or could not run. A run
     directory that another process is still writing (a study interrupted and restarted)
-    is left to it."""
+    is left to it, and counts as one of the ``workers``."""
     os.makedirs(out_root, exist_ok=True)
     running, failed, tried = {}, set(), set()
     while True:
@@ -330,7 +330,9 @@ def run_all(out_root: str, workers: int, log=print) -> int:
                 and not is_done(out_root, r)]
         ready = [r for r in todo if r.name not in busy
                  and all(is_done(out_root, Run(n)) for n in r.needs)]
-        while ready and len(running) < workers:
+        # A job another process still runs (the study restarted) takes a worker too.
+        elsewhere = (busy & {r.name for r in todo}) - {j.split(":")[0] for j in running}
+        while ready and len(running) + len(elsewhere) < workers:
             run = ready.pop(0)
             tried.add(run.job)
             running[run.job] = (_start(out_root, run), time.time())

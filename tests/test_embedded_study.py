@@ -211,6 +211,23 @@ def test_a_run_directory_another_process_writes_is_left_to_it(tmp_path):
     assert "teacher-w64-eps0.2" not in study._dirs_in_use(str(root))
 
 
+def test_a_job_running_elsewhere_takes_a_worker(tmp_path, fake_trainer, monkeypatch):
+    """A restarted study counts the jobs that a live process still runs against
+    ``--workers``: with one worker and the first teacher running elsewhere, nothing else
+    starts until that process is gone."""
+    started, _, _ = fake_trainer
+    polls = []
+
+    def busy(out_root):
+        polls.append(len(started))
+        return {"teacher-w64-eps0.2"} if len(polls) <= 3 else set()
+
+    monkeypatch.setattr(study, "_dirs_in_use", busy)
+    assert study.run_all(str(tmp_path), workers=1, log=lambda m: None) == 0
+    assert polls[:4] == [0, 0, 0, 0]
+    assert started[0].name == "teacher-w64-eps0.2"
+
+
 def test_study_presets_are_the_runs_the_driver_trains():
     """`digits-study-sat` / `-rslad` / `-teacher` record the study's budget and chosen
     rates: the driver's width-16, eps-0.2, seed-0 runs (at the presets' rates) resolve to
