@@ -34,9 +34,9 @@ Fast paths (runtime options, off by default, never saved with the model):
   float32 (scaled for float16), the fraction of zero input gradients is logged as
   ``zero_grad_frac``, and a `keras.optimizers.LossScaleOptimizer` gets its loss scaled.
 
-These fast paths (mixed precision aside), and in-batch augmentation, are TensorFlow paths:
-on JAX and torch the attach calls refuse with a clear error (folding is skipped with a
-warning).
+These fast paths (mixed precision aside) are TensorFlow paths: on JAX and torch the attach
+calls refuse with a clear error (folding is skipped with a warning). In-batch augmentation
+runs on every backend (`rslad_tf.data.augment`, in ``keras.ops``).
 """
 
 from __future__ import annotations
@@ -113,6 +113,10 @@ class AdversarialMethod(keras.Model):
     method_name = "base"
     term_names: tuple = ()
     default_attack_start = "uniform"
+    # Whether the training attack clips its random start to [0, 1] before the first gradient
+    # (`attacks.engine.random_start`): Madry's code does (SAT sets True); the ARD, IAD,
+    # TRADES, RSLAD and AdaAD references take the first gradient at the unclipped x + noise.
+    clip_attack_start = False
     uses_teacher = False
     # True for methods whose teacher sees only clean augmented images (its logits can be
     # cached per image and augmentation): `prepare_batch` then uses the soft-label cache.
@@ -338,31 +342,26 @@ class AdversarialMethod(keras.Model):
             return pgd_graph(self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
                              step_size=self.step_size, steps=self.attack_steps, loss=loss,
                              start=start, seed=seed, shards=shards, target_model=target_model,
-                             stateful_model=stateful)
+                             stateful_model=stateful, clip_start=self.clip_attack_start)
         scale = FLOAT16_ATTACK_OBJECTIVE_SCALE if self.student_precision == "float16" else 1.0
         x_adv, zero_fraction = pgd_graph(
             self.student_for_attack(), x, y, target_probs, eps=self.epsilon,
             step_size=self.step_size, steps=self.attack_steps, loss=loss, start=start,
             seed=seed, objective_scale=scale, return_zero_fraction=True, shards=shards,
-            target_model=target_model, stateful_model=stateful)
+            target_model=target_model, stateful_model=stateful,
+            clip_start=self.clip_attack_start)
         self.zero_grad_tracker.update_state(zero_fraction)
         return x_adv
 
-    def _augment_module(self):
-        if not backends.is_tensorflow():
-            raise ValueError(f"in-batch augmentation (augment_padding/augment_flip) runs on "
-                             f"TensorFlow only for now; on {backends.name()} train with "
-                             "augment_padding=0, augment_flip=False")
-        from rslad_tf.data import augment
-
-        return augment
-
     def augment(self, x):
+        """In-batch pad-crop and flip (`rslad_tf.data.augment`), seeded like the attack's
+        random start (`attack_seed`)."""
         if not self.augment_padding and not self.augment_flip:
             return x
-        augment = self._augment_module()
+        from rslad_tf.data import augment
+
         return augment.pad_crop_flip(x, padding=self.augment_padding, flip=self.augment_flip,
-                                     seed=self.next_seed())
+                                     seed=self.attack_seed())
 
     def augment_with_variant(self, x):
         """`augment` (same seeds, same result) that also returns each image's augmentation
@@ -373,7 +372,8 @@ class AdversarialMethod(keras.Model):
 
         if not self.augment_padding and not self.augment_flip:
             return x, tf.zeros([tf.shape(x)[0]], tf.int32)
-        augment = self._augment_module()
+        from rslad_tf.data import augment
+
         offsets, flips = augment.draw_params(tf.shape(x)[0], self.augment_padding,
                                              self.augment_flip, self.next_seed())
         x = augment.apply(x, offsets, flips, self.augment_padding)
