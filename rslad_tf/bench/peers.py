@@ -5,11 +5,11 @@ cpu-paper``).
 Each variant runs in its own child process (Keras reads ``KERAS_BACKEND`` once, and
 TensorFlow's thread pools are fixed when it starts): a `backend_step.KerasRunner` or a
 `torch_reference.TorchRunner`. The parent imports neither Keras nor any framework: it
-starts the children (spawned, with their environment), warms them up at the same time
-(tracing and compilation), then asks them in turn to time ``steps`` steps, ``repeats``
-rounds round robin, so that drift on a shared machine hits every variant alike; it
-reports the median images/s, the ratios to the reference, TFLOP/s (`flops`) and the
-projected time of the paper's 300-epoch CIFAR-10 run.
+starts the children (spawned, with their environment), warms them up (tracing and
+compilation; at the same time on a GPU, one after another on a CPU), then asks them in
+turn to time ``steps`` steps, ``repeats`` rounds round robin, so that drift on a shared
+machine hits every variant alike; it reports the median images/s, the ratios to the
+reference, TFLOP/s (`flops`) and the projected time of the paper's 300-epoch CIFAR-10 run.
 
 Variants:
 
@@ -182,20 +182,22 @@ def compare(profile: Profile, variants, *, steps: int, repeats: int, warmup: int
     workers, failed, warm = {}, {}, {}
     started = time.perf_counter()
 
+    def collect_one(name, stage, keep=None):
+        # A failed worker is reported and dropped; the others go on.
+        try:
+            value = workers[name].receive()
+        except RuntimeError as exc:
+            failed[name] = str(exc).strip().splitlines()[-1]
+            log(f"  {name}: failed in {stage}: {failed[name]}")
+            workers.pop(name).close()
+            return
+        if keep is not None:
+            keep(name, value)
+
     def collect(stage, keep=None):
-        # Every worker has been sent a request: wait for each reply; a worker that failed
-        # is reported and dropped, the others go on.
-        for name, worker in list(workers.items()):
-            try:
-                value = worker.receive()
-            except RuntimeError as exc:
-                failed[name] = str(exc).strip().splitlines()[-1]
-                log(f"  {name}: failed in {stage}: {failed[name]}")
-                worker.close()
-                del workers[name]
-                continue
-            if keep is not None:
-                keep(name, value)
+        # Every worker has been sent a request: wait for each reply.
+        for name in list(workers):
+            collect_one(name, stage, keep)
 
     def keep_warm(name, seconds):
         warm[name] = seconds
@@ -208,9 +210,16 @@ def compare(profile: Profile, variants, *, steps: int, repeats: int, warmup: int
             workers[name] = Worker(name, profile, options, hide_gpu=hide_gpu,
                                    num_batches=num_batches)
         collect("start-up")
-        for worker in workers.values():
-            worker.send("warm_up", warmup)
-        collect("warm-up", keep_warm)
+        if hide_gpu:
+            # On a CPU, workers computing at the same time fight over the cores (spinning
+            # thread pools): warm them up one after another.
+            for name in list(workers):
+                workers[name].send("warm_up", warmup)
+                collect_one(name, "warm-up", keep_warm)
+        else:
+            for worker in workers.values():
+                worker.send("warm_up", warmup)
+            collect("warm-up", keep_warm)
         samples = {name: [] for name in workers}
         cpu_samples = {name: [] for name in workers}
         for round_index in range(repeats):
