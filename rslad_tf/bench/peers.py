@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 
+from rslad_tf.bench.child import ChildProcess
 from rslad_tf.bench.flops import step_flops
 from rslad_tf.bench.profiles import Profile
 from rslad_tf.bench.projection import PROJECTION_EPOCHS, PROJECTION_TRAIN_SIZE
@@ -129,46 +130,20 @@ def _serve(conn, env: dict, profile: Profile, options: dict, num_batches: int) -
             conn.send(("error", traceback.format_exc()))
 
 
-class Worker:
+class Worker(ChildProcess):
     """Parent-side handle of one `_serve` child."""
 
     def __init__(self, name, profile, options, *, hide_gpu, num_batches):
-        import multiprocessing
-
         self.name = name
-        context = multiprocessing.get_context("spawn")  # never fork a framework
-        self.conn, child = context.Pipe()
-        self.process = context.Process(
-            target=_serve, daemon=True,
-            args=(child, _environment(options, hide_gpu), profile, options, num_batches))
-        self.process.start()
-        child.close()
+        super().__init__(_serve, (_environment(options, hide_gpu), profile, options,
+                                  num_batches), label=f"benchmark worker {name!r}")
 
     def send(self, method, *args):
         self.conn.send((method, args))
 
-    def receive(self):
-        try:
-            status, value = self.conn.recv()
-        except EOFError:
-            raise RuntimeError(f"benchmark worker {self.name!r} died (exit code "
-                               f"{self.process.exitcode})") from None
-        if status == "error":
-            raise RuntimeError(f"benchmark worker {self.name!r} failed:\n{value}")
-        return value
-
     def call(self, method, *args):
         self.send(method, *args)
         return self.receive()
-
-    def close(self):
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.process.join(timeout=30)
-        if self.process.is_alive():
-            self.process.terminate()
 
 
 def compare(profile: Profile, variants, *, steps: int, repeats: int, warmup: int,

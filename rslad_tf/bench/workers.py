@@ -19,6 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 
+from rslad_tf.bench.child import ChildProcess
 from rslad_tf.bench.configurations import TrainStepConfig, make_data
 from rslad_tf.bench.flops import model_flops
 from rslad_tf.bench.profiles import Profile
@@ -167,44 +168,17 @@ def _serve(conn, shards: int, hide_gpu: bool, profile: Profile, specs) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
-class LayoutProcess:
+class LayoutProcess(ChildProcess):
     """Parent-side handle of one `_serve` child."""
 
     def __init__(self, shards: int, hide_gpu: bool, profile: Profile, specs):
-        import multiprocessing
-
-        context = multiprocessing.get_context("spawn")  # never fork a TensorFlow process
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, daemon=True,
-                                       args=(child, shards, hide_gpu, profile, list(specs)))
-        self.process.start()
-        child.close()
-        self._reply()
+        super().__init__(_serve, (shards, hide_gpu, profile, list(specs)))
+        self.receive()
 
     def call(self, method, *args, **kwargs):
         """Call `Layout.<method>(*args, **kwargs)` in the child; its return value."""
         self.conn.send((method, args, kwargs))
-        return self._reply()
-
-    def _reply(self):
-        try:
-            status, value = self.conn.recv()
-        except EOFError:
-            raise RuntimeError(
-                f"benchmark worker died (exit code {self.process.exitcode})") from None
-        if status == "error":
-            raise RuntimeError(f"benchmark worker failed:\n{value}")
-        return value
-
-    def close(self) -> None:
-        """Ask the child to exit; terminate it if it has not within 30 s."""
-        try:
-            self.conn.send(None)
-        except OSError:
-            pass
-        self.process.join(timeout=30)
-        if self.process.is_alive():
-            self.process.terminate()
+        return self.receive()
 
 
 def time_round_robin(workers, names, *, steps, repeats, cache_state=None):
