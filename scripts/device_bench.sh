@@ -20,11 +20,26 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bundle() {
     local dir=${1:-build/device_bundle}
     local py=${PYTHON:-$root/.venv/bin/python}
+    # DIR is emptied first: refuse a folder that holds anything a bundle does not (a typo
+    # such as "bundle ." must not delete a checkout).
+    if [ -d "$dir" ] && [ -n "$(find "$dir" -mindepth 1 -maxdepth 1 ! -name '*.whl' \
+                                   ! -name SOURCE -print -quit)" ]; then
+        echo "error: $dir holds files other than a bundle's; name an empty or new folder" >&2
+        exit 2
+    fi
     rm -rf "$dir"
     mkdir -p "$dir"
     dir=$(cd "$dir" && pwd)
-    # rslad_tf itself (setuptools is in the venv: no build isolation, no download).
-    (cd "$root" && "$py" -m pip wheel --quiet --no-deps --no-build-isolation -w "$dir" .)
+    # rslad_tf itself (setuptools is in the venv: no build isolation, no download), built
+    # from a copy of the sources: an in-tree build would leave build/ and egg-info in the
+    # checkout, and setuptools' build/lib keeps modules since deleted from the source.
+    local src
+    src=$(mktemp -d)
+    cp "$root/pyproject.toml" "$root/README.md" "$src/"
+    cp -r "$root/rslad_tf" "$src/rslad_tf"
+    find "$src" -name __pycache__ -type d -prune -exec rm -rf {} +
+    "$py" -m pip wheel --quiet --no-deps --no-build-isolation -w "$dir" "$src"
+    rm -rf "$src"
     # Keras and its dependencies for CPython 3.12 on x86_64 and aarch64 machines.
     local arch
     for arch in x86_64 aarch64; do
