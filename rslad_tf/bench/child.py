@@ -1,9 +1,12 @@
 """The parent's end of one benchmark child process: started by spawning (a framework is
 never forked), spoken to over a pipe whose replies are ``("ok", value)`` or ``("error",
-traceback)``, and closed by sending ``None``. Imports no framework, so the parent stays
+traceback)`` (or ``("user", message)``: a mistake of the user's, raised as `UserError`),
+and closed by sending ``None``. Imports no framework, so the parent stays
 free of them (`peers`, `workers`)."""
 
 from __future__ import annotations
+
+from rslad_tf.common.errors import UserError
 
 
 class ChildProcess:
@@ -28,7 +31,14 @@ class ChildProcess:
                                f"{self.process.exitcode})") from None
         if status == "error":
             raise RuntimeError(f"{self.label} failed:\n{value}")
+        if status == "user":
+            raise UserError(value)
         return value
+
+    def terminate(self) -> None:
+        """Stop the child now (the run is being abandoned)."""
+        self.process.terminate()
+        self.process.join(timeout=30)
 
     def close(self) -> None:
         """Ask the child to exit; terminate it if it has not within 30 s."""

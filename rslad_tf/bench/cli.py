@@ -8,12 +8,13 @@ import os
 from rslad_tf.bench.peers import KERAS_BACKENDS
 from rslad_tf.bench.robustness import robustness
 from rslad_tf.bench.run import run
-from rslad_tf.common.errors import UserError
+from rslad_tf.common.errors import ArgumentParser, UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The benchmark's argument parser."""
-    parser = argparse.ArgumentParser(
+    """The benchmark's argument parser (its usage mistakes raise `UserError`: one
+    ``error:`` line under `run_cli`)."""
+    parser = ArgumentParser(
         prog="python -m rslad_tf.bench",
         description="Images/s of the RSLAD training step and the PGD-20 evaluation attack: "
                     "reference configuration vs optimised, timed side by side.")
@@ -64,6 +65,11 @@ def main(argv=None) -> None:
     for name in ("steps", "repeats", "cache_buckets", "warmup"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if args.json:
+        # Checked now: the figures of a run of minutes would be lost at the end.
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
+            raise UserError(f"--json {args.json}: no folder {folder}; create it first")
     if args.backend or args.profile:
         result = peers_run(args)
         if args.json:
@@ -95,7 +101,6 @@ def main(argv=None) -> None:
         from rslad_tf.common import fileio
 
         fileio.write_json(args.json, result)
-
 
 
 def peers_run(args) -> dict:

@@ -84,34 +84,56 @@ def _environment(options: dict, hide_gpu: bool) -> dict:
     return env
 
 
-def _build(profile: Profile, options: dict, num_batches: int):
-    """The runner of one variant, in the child process."""
+class _WrongDevice(Exception):
+    """The variant would compute on another device than the one asked for."""
+
+
+def _check_device(found: str, device: str, what: str) -> None:
+    # A GPU profile silently timed on a CPU would take hours: stop at start-up instead.
+    if device and found != device:
+        raise _WrongDevice(f"--device {device}: {what} sees no GPU here (it would run on the "
+                           f"{found.upper()}); on a CPU use --device cpu with --smoke or "
+                           "--profile cpu-paper")
+
+
+def _build(profile: Profile, options: dict, num_batches: int, device: str = ""):
+    """The runner of one variant, in the child process; ``device`` ("gpu", "cpu" or ""):
+    where it must compute, checked before any model is built (`_WrongDevice`)."""
     options = dict(options)
     kind = options.pop("kind")
     if kind == "torch":
+        import torch
+
+        _check_device("gpu" if torch.cuda.is_available() else "cpu", device, "PyTorch")
         from rslad_tf.bench.torch_reference import TorchRunner
 
         return TorchRunner(profile, num_batches=num_batches, **options)
-    options.pop("backend")
+    backend = options.pop("backend")
     shards = options.pop("shards", None)
     if shards is not None:
         from rslad_tf.common import runtime
 
         runtime.configure(attack_shards=shards)  # before TensorFlow starts its pools
-    from rslad_tf.bench.backend_step import KerasRunner
+    from rslad_tf.bench.backend_step import KerasRunner, _device
 
+    _check_device(_device(), device, f"Keras' {backend} backend")
     return KerasRunner(profile, num_batches=num_batches, **options)
 
 
-def _serve(conn, env: dict, profile: Profile, options: dict, num_batches: int) -> None:
+def _serve(conn, env: dict, profile: Profile, options: dict, num_batches: int,
+           device: str = "") -> None:
     """Child process: build the runner, then answer ``(method, args)`` messages with
-    ``("ok", value)`` or ``("error", traceback)``."""
+    ``("ok", value)`` or ``("error", traceback)``; a variant that would compute elsewhere
+    than on ``device`` answers its start-up with ``("user", message)``."""
     import traceback
 
     os.environ.update(env)  # before Keras or a framework is imported here
     try:
-        runner = _build(profile, options, num_batches)
+        runner = _build(profile, options, num_batches, device)
         conn.send(("ok", None))
+    except _WrongDevice as exc:
+        conn.send(("user", str(exc)))
+        return
     except BaseException:  # noqa: BLE001 - reported to the parent
         conn.send(("error", traceback.format_exc()))
         return
@@ -133,10 +155,10 @@ def _serve(conn, env: dict, profile: Profile, options: dict, num_batches: int) -
 class Worker(ChildProcess):
     """Parent-side handle of one `_serve` child."""
 
-    def __init__(self, name, profile, options, *, hide_gpu, num_batches):
+    def __init__(self, name, profile, options, *, hide_gpu, num_batches, device=""):
         self.name = name
         super().__init__(_serve, (_environment(options, hide_gpu), profile, options,
-                                  num_batches), label=f"benchmark worker {name!r}")
+                                  num_batches, device), label=f"benchmark worker {name!r}")
 
     def send(self, method, *args):
         self.conn.send((method, args))
@@ -178,13 +200,16 @@ def compare(profile: Profile, variants, *, steps: int, repeats: int, warmup: int
         warm[name] = seconds
         log(f"  warm-up {name}: {seconds:.1f} s")
 
+    finished = False
     try:
         # Start and warm up every worker at the same time (imports, tracing, compilation
         # are not timed); then time them one at a time.
         for name, options in variants:
             workers[name] = Worker(name, profile, options, hide_gpu=hide_gpu,
-                                   num_batches=num_batches)
+                                   num_batches=num_batches, device=device)
         collect("start-up")
+        if not workers:
+            raise RuntimeError(f"no variant could start; the first: {next(iter(failed.values()))}")
         if hide_gpu:
             # On a CPU, workers computing at the same time fight over the cores (spinning
             # thread pools): warm them up one after another.
@@ -204,9 +229,15 @@ def compare(profile: Profile, variants, *, steps: int, repeats: int, warmup: int
                 cpu_samples[name].append(cpu)
                 log(f"  round {round_index + 1}: {name} {wall:.1f} images/s")
         infos = {name: worker.call("info") for name, worker in workers.items()}
+        finished = True
     finally:
         for worker in workers.values():
-            worker.close()
+            # Stopped by an error or an interrupt: the others would finish their start-up
+            # or step before reading the request to exit.
+            if finished:
+                worker.close()
+            else:
+                worker.terminate()
     result = summarise(profile, variants, samples, cpu_samples, infos, warm, failed)
     result.update(device=device, steps=steps, repeats=repeats, warmup_steps=warmup,
                   seconds=round(time.perf_counter() - started, 1))
