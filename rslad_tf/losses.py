@@ -137,8 +137,10 @@ def iad_loss(teacher_logits_nat, teacher_logits_adv, student_logits_adv, student
 
     ``a_i`` is the teacher's confidence in the true class on the student's adversarial
     example: the less the teacher is trusted there, the more the student learns from its own
-    clean prediction. The first KL uses ``reduction`` (reference: "mean"); the second is a
-    per-sample KL weighted and averaged over the batch. Returns
+    clean prediction. The first KL uses ``reduction``; the reference (IAD-I.py) sums it over
+    classes and divides by the batch, "batchmean", which `IADModel` and the presets pass
+    (this function's own default stays "mean"). The second is a per-sample KL weighted and
+    averaged over the batch. Returns
     (total, distill_term, self_term).
     """
     tau = float(temperature)
