@@ -39,19 +39,20 @@ import sys
 import time
 
 from rslad_tf.common.errors import UserError, run_cli
+from rslad_tf.common.vocabulary import DISTILLATION_METHODS, TEACHER_CACHE_METHODS
 from rslad_tf.config import presets
 
 # The stated budget rule and the grid live with the presets they produced
 # (`rslad_tf.config.presets`, "The embedded study's budget"): every method, student and
 # teacher trains for the same number of epochs with the same step schedule.
-EPOCHS = presets.STUDY_EPOCHS
-MILESTONES = presets.STUDY_MILESTONES
+EPOCHS = presets.DIGITS_EPOCHS
+MILESTONES = presets.DIGITS_MILESTONES
 WIDTHS = (4, 8, 16)
 EPSILONS = (0.2, 0.3)
 TEACHER_WIDTH = presets.DIGITS_TEACHER_WIDTH
-TEACHER_LR = presets.STUDY_TEACHER_LEARNING_RATE   # teachers are not tuned
+TEACHER_LR = presets.DIGITS_TEACHER_LEARNING_RATE   # teachers are not tuned
 WEAK_TEACHER_WIDTH = 16    # the weak teacher is the SAT student of this width
-LR_GRID = presets.STUDY_LR_GRID
+LR_GRID = presets.DIGITS_LR_GRID
 LR_WIDTH, LR_SEED = 8, 0
 # The radius the first grid ran at. Amendment 2 (docs/study.md, made after the eps-0.3
 # screen had collapsed at the eps-0.2 rates) repeats the grid at every radius; the runs
@@ -67,8 +68,7 @@ METHODS = ("sat", "rslad")
 # first radius (issue 12, item 2), though the study itself compares SAT and RSLAD only.
 # Natural training is chosen by validation clean accuracy: it is not trained for
 # robustness, so its PGD-20 accuracy is near zero at every rate.
-OTHER_GRID_METHODS = ("natural", "trades", "ard", "iad")
-DISTILLATION_METHODS = ("ard", "iad", "rslad")
+OTHER_GRID_METHODS = ("natural", "trades", "ard", "iad", "adaad", "adaiad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +110,9 @@ def _student(method: str, width: int, eps: float, seed: int, lr: float,
     args = ("--preset", f"digits-{method}", *_common(eps, seed),
             "--set", f"model_kwargs.width={width}", "--set", f"learning_rate={lr:g}")
     if teacher is not None:
-        args += ("--teacher", os.path.join(out_root, teacher, "checkpoints", "last.keras"),
-                 "--teacher-cache")
+        args += ("--teacher", os.path.join(out_root, teacher, "checkpoints", "last.keras"))
+        if method in TEACHER_CACHE_METHODS:
+            args += ("--teacher-cache",)
     return args
 
 

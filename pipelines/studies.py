@@ -26,21 +26,21 @@ STUDIES = {
                    "grid": json.dumps([{"model_kwargs.width": 6},
                                        {"model_kwargs.width": 8}])},
     },
-    # Issue 12, item 3 (declared, not yet run): when do robust soft labels help a small
-    # student? Student widths where capacity is and is not the bottleneck, the digits
-    # threat model (eps 0.2) and a harder one (0.3), SAT against RSLAD, three seeds,
-    # AutoAttack on every test point, a budget long enough for the distillation methods
-    # to converge (150 epochs). The teacher is trained once at the pipeline's eps (0.2);
-    # teachers of two strengths come with the study's second stage.
+    # The embedded study's cells (docs/study.md) as one pipeline sweep for a cluster: SAT
+    # against RSLAD, student widths 4, 8, 16 x eps 0.2, 0.3 x seeds 0, 1, 2, the digits
+    # presets' budget (100 epochs, each method's rate from the grid at eps 0.2), AutoAttack
+    # on all test points. Unlike the study's driver (pipelines/embedded_study.py) it
+    # trains one teacher, at the pipeline's eps, and one rate per method at both radii.
     "digits-embedded": {
         "description": "sat vs rslad on digits: student width 4, 8, 16 x eps 0.2, 0.3 x "
-                       "seeds 0, 1, 2; 150 epochs; AutoAttack on all test points",
+                       "seeds 0, 1, 2; the presets' 100 epochs; AutoAttack on all test "
+                       "points",
         "base": None,
         "params": {"dataset": "digits", "methods": ["sat", "rslad"], "seeds": [0, 1, 2],
                    "grid": json.dumps([{"model_kwargs.width": width, "epsilon": eps}
                                        for eps in (0.2, 0.3) for width in (4, 8, 16)]),
-                   "teacher_method": "sat", "teacher_epochs": 150, "surrogate_epochs": 30,
-                   "epochs": 150, "select_n_examples": 200, "eval_n_examples": 0,
+                   "teacher_method": "sat", "surrogate_epochs": 30,
+                   "select_n_examples": 200, "eval_n_examples": 0,
                    "autoattack_impl": "native"},
     },
 }

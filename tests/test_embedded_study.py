@@ -70,10 +70,10 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     assert study.run_all(str(tmp_path), workers=2, log=lambda m: None) == 0
     jobs = [r.job for r in started]
     trained = [r.name for r in started if not r.evaluates]
-    # 2 teachers, 2 radii x 2 methods x 3 grid runs, 4 other methods x 3 at eps 0.2, 3
+    # 2 teachers, 2 radii x 2 methods x 3 grid runs, 6 other methods x 3 at eps 0.2, 3
     # widths x 2 radii x 3 variants x (1 + 2 seeds); every run but the grid's evaluated at
     # its last and its best checkpoint.
-    assert len(trained) == len(set(trained)) == 2 + 12 + 12 + 18 + 36
+    assert len(trained) == len(set(trained)) == 2 + 12 + 18 + 18 + 36
     assert len(jobs) == len(set(jobs)) == len(trained) + 2 * (2 + 18 + 36)
     assert jobs[0] == "teacher-w64-eps0.2"
     for run in started:  # nothing starts before the training runs it needs
@@ -179,8 +179,9 @@ def test_a_failed_run_stops_only_what_needs_it(tmp_path, fake_trainer):
     # The other radius goes on: its own teacher, grid, screen and decision stage.
     assert "lr-rslad-eps0.3-lr0.5" in names and "screen-sat-w4-eps0.3-lr0.05-seed2" in names
     assert not any("eps0.2" in n for n in names if n.startswith("screen-"))
-    # The teacher, the grids of RSLAD, ARD and IAD, and the teacher's two evaluations.
-    assert left == 1 + 3 * 3 + 2
+    # The teacher, the grids of the five distillation methods, and the teacher's two
+    # evaluations.
+    assert left == 1 + 5 * 3 + 2
     assert "lr-natural-lr0.5" in names and "lr-trades-lr0.5" in names
     assert "not run: teacher-w64-eps0.2:eval-best (needs teacher-w64-eps0.2)" in messages
     assert "FAILED (exit 1) teacher-w64-eps0.2 in 0 s" in messages
@@ -228,28 +229,34 @@ def test_a_job_running_elsewhere_takes_a_worker(tmp_path, fake_trainer, monkeypa
     assert started[0].name == "teacher-w64-eps0.2"
 
 
-def test_study_presets_are_the_runs_the_driver_trains():
-    """`digits-study-sat` / `-rslad` / `-teacher` record the study's budget and chosen
-    rates: the driver's width-16, eps-0.2, seed-0 runs (at the presets' rates) resolve to
-    the same experiment as the presets, apart from the preset name and the teacher."""
+def test_digits_presets_are_the_runs_the_driver_trains():
+    """The digits presets are the study's runs: the driver's eps-0.2, seed-0 runs at the
+    presets' student width and rates resolve to the same experiment as `digits-sat` and
+    `digits-rslad`, its strong teacher to `digits-teacher` (apart from the preset name and
+    where the teacher comes from); and every preset's rate is the one the grid in the
+    repository's record chose by the stated rule."""
     from rslad_tf.config import presets
     from rslad_tf.training import cli
 
-    rates = presets.STUDY_LEARNING_RATES
-    assert set(rates) == set(study.METHODS)
-    assert all(rate in presets.STUDY_LR_GRID for rate in rates.values())
+    rates = presets.DIGITS_LEARNING_RATES
+    assert set(rates) == set(presets.METHOD_NAMES)
+    width = presets.DIGITS_STUDENT_WIDTH
+    assert width in study.WIDTHS
     runs = {r.name: r for r in study.screen_runs("/runs", {0.2: rates})
             + study.teacher_runs()}
-    for preset, name in (("digits-study-sat", "screen-sat-w16-eps0.2-seed0"),
-                         ("digits-study-rslad", "screen-rslad-strong-w16-eps0.2-seed0"),
-                         ("digits-study-teacher", "teacher-w64-eps0.2")):
+    for preset, name in (("digits-sat", f"screen-sat-w{width}-eps0.2-seed0"),
+                         ("digits-rslad", f"screen-rslad-strong-w{width}-eps0.2-seed0"),
+                         ("digits-teacher", "teacher-w64-eps0.2")):
         args = cli.build_parser().parse_args([*runs[name].args, "--out", "/runs/x"])
         resolved = cli.resolve_config(args).experiment()
         expected = presets.get(preset).experiment()
         for key in ("preset", "teacher_preset", "teacher_hint"):
             resolved.pop(key), expected.pop(key)
         assert resolved == expected, preset
-    assert presets.get("digits-study-rslad").teacher_preset == "digits-study-teacher"
+    record = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "study_runs")
+    methods = study.grid_methods(study.FIRST_EPSILON)
+    assert set(methods) == set(rates)
+    assert study.chosen_learning_rates(record, study.FIRST_EPSILON, methods) == rates
 
 
 def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer):
@@ -259,7 +266,7 @@ def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer)
     assert study.run_all(runs, workers=2, log=lambda m: None) == 0
     copied = study.collect(runs, record)
     # The grid: config + history; the rest: all four; and the 4 teachers' checkpoints.
-    assert copied == 24 * 2 + 56 * 4 + 4
+    assert copied == 30 * 2 + 56 * 4 + 4
     kept = sorted(os.path.relpath(os.path.join(d, f), record)
                   for d, _, files in os.walk(record) for f in files if f.endswith(".keras"))
     assert kept == sorted(os.path.join(n, "checkpoints", "last.keras") for n in (

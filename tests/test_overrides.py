@@ -117,7 +117,7 @@ def test_config_json_stays_one_flat_object_that_reads_back():
     flat = config.to_dict()
     assert set(flat) == FLAT_KEYS_OF_EARLIER_VERSIONS | {"validation_fraction"}
     assert flat["jit_compile"] is False and flat["data_dir"] == "/data"
-    assert flat["learning_rate"] == 0.2 and flat["lr_milestones"] == [22, 27]
+    assert flat["learning_rate"] == 0.2 and flat["lr_milestones"] == [75, 90]
     assert presets.TrainConfig.from_dict(flat) == config
     # A file of an earlier version may lack fields added since: they take their defaults.
     older = {k: v for k, v in flat.items()

@@ -14,6 +14,9 @@ METHOD_NAMES = ("natural", "sat", "trades", "ard", "iad", "rslad", "adaad", "ada
 PAPER_METHODS = METHOD_NAMES[:6]
 # The methods that learn from a teacher (and so need one).
 DISTILLATION_METHODS = ("ard", "iad", "rslad", "adaad", "adaiad")
+# The methods whose teacher sees clean images only, so that its soft labels can be cached
+# (`--teacher-cache`); the others query the teacher on adversarial images too.
+TEACHER_CACHE_METHODS = ("rslad",)
 
 
 # --------------------------------------------------------------------------------------
