@@ -62,8 +62,11 @@ def normalise_sha256(expected: str) -> str | None:
 
 
 def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
-                      expected_sha256: str = "", trained_dir: str = "", log=print) -> dict:
-    """Write the checked teacher into the Model artifact ``out_dir``; returns its info."""
+                      expected_sha256: str = "", trained_dir: str = "", method: str = "",
+                      log=print) -> dict:
+    """Write the checked teacher into the Model artifact ``out_dir``; returns its info.
+    ``method``: how a fetched teacher was trained, recorded for the report's teacher row
+    (a teacher trained in this run records its own)."""
     from rslad_tf import models
     from rslad_tf.common import fileio
     from rslad_tf.methods import saving
@@ -81,7 +84,7 @@ def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
     manifest = read_dataset(dataset_dir)
     ensure_empty_dir(out_dir, "teacher artifact")
     if uri:
-        source, info = uri, {"role": "teacher", "source": uri}
+        source, info = uri, {"role": "teacher", "source": uri, "method": method or None}
         # Keras reads only files named *.keras; renamed to model.keras once checked.
         local = os.path.join(out_dir, INCOMING_FILE)
         log(f"fetching teacher {uri}")
@@ -116,12 +119,13 @@ def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
 
 @component
 def import_teacher(data: Input[Dataset], trained: Input[Model], teacher: Output[Model],
-                   uri: str = "", expected_sha256: str = ""):
+                   uri: str = "", expected_sha256: str = "", method: str = ""):
     """The checked teacher: fetched from ``uri``, or the one trained in this run."""
     from components.common import configure_runtime, metadata_for_kfp
     from components.import_teacher import import_teacher_fn
 
     configure_runtime()
     info = import_teacher_fn(data.path, teacher.path, uri=uri,
-                             expected_sha256=expected_sha256, trained_dir=trained.path)
+                             expected_sha256=expected_sha256, trained_dir=trained.path,
+                             method=method)
     teacher.metadata.update(metadata_for_kfp(info))

@@ -205,6 +205,34 @@ def test_import_teacher_from_a_path_with_sha256(tmp_path, data_dir, trained_dir)
     assert info["sha256"] == digest
 
 
+def test_the_demo_imports_the_shipped_teacher_pinned_by_its_sha256(tmp_path, data_dir):
+    """The demo's teacher is the file the study's record lists (docs/study_runs/SHA256SUMS),
+    checked by import_teacher against the pinned digest and recorded with its method, so
+    the report's row reads "teacher (sat)"; a copy changed by one byte is refused."""
+    from pipelines import rslad_pipeline as rp
+    from rslad_tf.common import fileio
+
+    shipped, digest = rp.SHIPPED_DIGITS_TEACHER, rp.SHIPPED_DIGITS_TEACHER_SHA256
+    record = os.path.join(os.path.dirname(os.path.dirname(shipped)), "..", "SHA256SUMS")
+    with open(record) as f:
+        listed = dict(line.split()[::-1] for line in f if line.strip())
+    assert listed["teacher-w64-eps0.2/checkpoints/last.keras"] == digest
+    demo = rp.LOCAL_PRESETS["digits"]
+    assert demo["teacher_uri"] == shipped and demo["teacher_sha256"] == digest
+    info = import_teacher_fn(data_dir, str(tmp_path / "t"), uri=shipped,
+                             expected_sha256=digest, method=demo["teacher_method"],
+                             log=quiet)
+    assert info["sha256"] == fileio.sha256(shipped) == digest
+    assert info["method"] == "sat" and info["params"] == 260_682
+    changed = tmp_path / "changed.keras"
+    data = bytearray(open(shipped, "rb").read())
+    data[-1] ^= 1
+    changed.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="SHA-256"):
+        import_teacher_fn(data_dir, str(tmp_path / "c"), uri=str(changed),
+                          expected_sha256=digest, log=quiet)
+
+
 def test_import_teacher_refuses_a_mismatched_sha256(tmp_path, data_dir, trained_dir):
     source = os.path.join(trained_dir, MODEL_FILE)
     out = tmp_path / "imported"

@@ -393,4 +393,6 @@ def test_demo_never_overwrites_results(tmp_path):
     os.makedirs(chosen)
     assert demo.choose_out_dir(str(base)) != chosen
     assert (base / "report.md").read_text() == "earlier results"
-    assert "30 steps" in demo.describe_plan(rp.LOCAL_PRESETS["digits"], 1)
+    plan = demo.describe_plan(rp.LOCAL_PRESETS["digits"], 1)
+    assert "30 steps" in plan and "SHA-256 f2339e8fe0d7" in plan and "width=4" in plan
+    assert "450 test images" in plan and "100 epochs each" in plan
