@@ -342,6 +342,41 @@ def test_peer_comparison_runs_and_reports_numbers(tmp_path):
     assert not result["variants"][names[1]]["tensorflow_imported"]
 
 
+def test_summary_figures_follow_from_the_samples():
+    """`peers.summarise` / `report` on made-up samples: the ratios are of the medians and
+    the median of per-round ratios, TFLOP/s is images/s x the step's FLOPs (attack steps x
+    2 F_s + 6 F_s + F_t), the projection is 300 x 50,000 images at the rate; a variant that
+    failed is reported as not measured."""
+    from rslad_tf.bench import peers
+    from rslad_tf.bench.profiles import PEER_PROFILES
+
+    profile = PEER_PROFILES["gpu"]
+    samples = {peers.REFERENCE: [10.0, 12.0, 11.0], peers.COMPILED_REFERENCE: [20.0, 26.0, 18.0],
+               "jax float32": [40.0, 30.0, 50.0]}
+    f_s, f_t = 1.1e9, 13e9
+    infos = {name: {"device": "gpu", "backend": "x"} for name in samples}
+    infos[peers.REFERENCE].update(student_forward_flops=f_s, teacher_forward_flops=f_t,
+                                  device_name="Some GPU")
+    variants = [(name, {}) for name in samples] + [("torch float32", {})]
+    result = peers.summarise(profile, variants, samples, samples, infos, {},
+                             {"torch float32": "no torch here"})
+    jax = result["variants"]["jax float32"]
+    assert jax["vs_reference"] == pytest.approx(40 / 11)
+    assert jax["paired_vs_reference"] == pytest.approx(4.0)  # median of 4, 2.5, 50/11
+    assert jax["vs_compiled_reference"] == pytest.approx(40 / 20)
+    per_image = (2 * profile.attack_steps + 6) * f_s + f_t
+    assert jax["tflops"] == pytest.approx(40 * per_image / 1e12)
+    assert jax["projected_300_epoch_hours"] == pytest.approx(300 * 50000 / 40 / 3600)
+    assert result["variants"]["torch float32"]["error"] == "no torch here"
+    lines = []
+    result.update(device="gpu", steps=10, repeats=3)
+    peers.report(result, log=lines.append)
+    text = "\n".join(lines)
+    assert "on gpu (Some GPU)" in text and "torch float32" in text and "not measured" in text
+    rows = _report_rows(text, list(samples))
+    assert rows["jax float32"] == (40.0, round(40 / 11, 2), 4.0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "tensorflow", "jax"])
 def test_smoke_command_line(backend, tmp_path):
@@ -362,6 +397,18 @@ def test_smoke_command_line(backend, tmp_path):
     assert all("error" not in e for e in result["variants"].values())
     if backend != "tensorflow":
         assert not any(e["tensorflow_imported"] for e in result["variants"].values())
+
+
+@pytest.mark.slow
+def test_smoke_cpu_paper_profile():
+    """``--profile cpu-paper --smoke --backend torch``: the public ``fit`` path against the
+    reference, exit 0, positive finite figures."""
+    done = _bench(["--profile", "cpu-paper", "--smoke", "--backend", "torch"], timeout=540)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _report_rows(done.stdout, ["pytorch reference, eager float32",
+                                      "torch fit, defaults"])
+    for values in rows.values():
+        _assert_positive_finite(*values)
 
 
 # -- scripts/device_bench.sh --------------------------------------------------------------
@@ -421,8 +468,8 @@ def test_device_bundle_holds_the_package_and_fits(tmp_path):
 
 @pytest.mark.slow
 def test_device_script_runs_the_smoke_benchmark_from_its_bundle(tmp_path):
-    """``SMOKE=1 scripts/device_bench.sh run`` on this CPU from a fresh bundle: the results
-    land in OUT and the installed wheel, not this checkout, is what ran."""
+    """``SMOKE=1 scripts/device_bench.sh run`` on this CPU from a fresh bundle (installed
+    into a temporary folder, run from an empty one): exit 0, the figures in OUT."""
     bundle = tmp_path / "bundle"
     done = subprocess.run(["bash", SCRIPT, "bundle", str(bundle)], capture_output=True,
                           text=True, timeout=300)

@@ -273,15 +273,19 @@ def summarise(profile, variants, samples, cpu_samples, infos, warm, failed) -> d
         if per_image is not None:
             entry["tflops"] = rate * per_image / 1e12
         entries[name] = entry
+    names = [i["device_name"] for i in infos.values() if "device_name" in i]
     return {"profile": dataclasses.asdict(profile), "step_flops_per_image": per_image,
-            "variants": entries}
+            "device_name": names[0] if names else None, "variants": entries}
 
 
 def report(result: dict, log=print) -> None:
     """Print a `compare` result."""
     per_image = result.get("step_flops_per_image")
     log("")
-    log(f"RSLAD training step on {result.get('device') or 'this machine'}, images/s (median "
+    where = result.get("device") or "this machine"
+    if result.get("device_name"):
+        where += f" ({result['device_name']})"
+    log(f"RSLAD training step on {where}, images/s (median "
         f"of {result['repeats']} rounds of {result['steps']} steps), ratio to the reference "
         f"(of medians; median of per-round ratios)"
         + (f"; {per_image / 1e9:.1f} GFLOP per image" if per_image else "") + ":")

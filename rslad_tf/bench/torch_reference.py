@@ -285,6 +285,10 @@ class TorchRunner:
                 images / max(self._clock.process_time() - start_cpu, 1e-9))
 
     def info(self) -> dict:
-        return {"backend": "pytorch", "torch": torch.__version__,
-                "device": "gpu" if self.device.type == "cuda" else "cpu",
-                "threads": torch.get_num_threads(), **self.options}
+        """What this runner is, for the report (the GPU named: the figures' device)."""
+        out = {"backend": "pytorch", "torch": torch.__version__,
+               "device": "gpu" if self.device.type == "cuda" else "cpu",
+               "threads": torch.get_num_threads(), **self.options}
+        if self.device.type == "cuda":
+            out["device_name"] = torch.cuda.get_device_name(self.device)
+        return out
