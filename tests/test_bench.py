@@ -377,6 +377,18 @@ def test_summary_figures_follow_from_the_samples():
     assert rows["jax float32"] == (40.0, round(40 / 11, 2), 4.0)
 
 
+def test_variants_have_unique_names():
+    """Every variant is one worker, keyed by its name: a backend named twice is timed once."""
+    from rslad_tf.bench import peers
+
+    for variants in (peers.gpu_variants(["jax", "torch", "jax"]),
+                     peers.cpu_paper_variants(["tensorflow", "tensorflow", "torch"], 2)):
+        names = [name for name, _ in variants]
+        assert len(names) == len(set(names)), names
+    assert [n for n, _ in peers.gpu_variants(["jax", "jax"])] == [
+        peers.REFERENCE, peers.COMPILED_REFERENCE, "jax float32", "jax bfloat16"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "tensorflow", "jax"])
 def test_smoke_command_line(backend, tmp_path):

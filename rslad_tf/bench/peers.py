@@ -49,7 +49,9 @@ def gpu_variants(backends, keras_torch_compile: bool = False,
                 (COMPILED_REFERENCE, {"kind": "torch", "compiled": True, "bfloat16": True,
                                       "channels_last": True,
                                       "compile_backend": compile_backend})]
-    for backend in backends:
+    # dict.fromkeys: a backend named twice (--backend jax jax) is one variant, not two
+    # workers under one name.
+    for backend in dict.fromkeys(backends):
         jit = keras_torch_compile if backend == "torch" else True
         for dtype in ("float32", "bfloat16"):
             variants.append((f"{backend} {dtype}", {"kind": "keras", "backend": backend,
@@ -63,7 +65,7 @@ def cpu_paper_variants(backends, cores: int):
     ``fit``, and on TensorFlow the documented speed options (exact ones, then with the
     approximate bfloat16 student and BatchNorm-folded attack added)."""
     variants = [(REFERENCE, {"kind": "torch"})]
-    for backend in backends:
+    for backend in dict.fromkeys(backends):
         variants.append((f"{backend} fit, defaults", {"kind": "keras", "backend": backend,
                                                       "path": "fit"}))
         if backend == "tensorflow":
