@@ -311,11 +311,20 @@ def _assert_positive_finite(*values):
 def test_peer_comparison_runs_and_reports_numbers(tmp_path):
     """`peers.compare` (what ``--backend`` runs) on the smoke profile with the eager
     reference and Keras' torch backend, in a fresh process: a positive finite images/s and
-    ratio for each, printed and in the JSON. (The full ``--smoke`` command line, with the
-    compiled reference, is the slow test below.)"""
+    ratio for each, printed and in the JSON; on a machine without TensorFlow, as the GPU
+    machines are (a stand-in ``tensorflow`` that fails to import comes first on the path).
+    (The full ``--smoke`` command line, with the compiled reference, is a slow test.)"""
     out = tmp_path / "peers.json"
+    (tmp_path / "no_tf" / "tensorflow").mkdir(parents=True)
+    (tmp_path / "no_tf" / "tensorflow" / "__init__.py").write_text(
+        "raise ImportError('no TensorFlow here (test stand-in)')\n")
     code = (
         "import json, sys\n"
+        "try:\n"
+        "    import tensorflow\n"
+        "    sys.exit('the TensorFlow stand-in was not used')\n"
+        "except ImportError:\n"
+        "    pass\n"
         "from rslad_tf.bench import peers\n"
         "from rslad_tf.bench.profiles import PEER_PROFILES, smoke\n"
         "variants = [v for v in peers.gpu_variants(['torch'], False, 'aot_eager')\n"
@@ -324,7 +333,8 @@ def test_peer_comparison_runs_and_reports_numbers(tmp_path):
         "                  warmup=1, hide_gpu=True, device='cpu')\n"
         "json.dump(r, open(sys.argv[1], 'w'))\n")
     done = subprocess.run([sys.executable, "-c", code, str(out)], cwd=ROOT, text=True,
-                          capture_output=True, timeout=240, env=dict(os.environ, PYTHONPATH=ROOT))
+                          capture_output=True, timeout=240,
+                          env=dict(os.environ, PYTHONPATH=f"{tmp_path / 'no_tf'}:{ROOT}"))
     assert done.returncode == 0, done.stderr[-3000:]
     names = ["pytorch reference, eager float32", "torch float32"]
     rows = _report_rows(done.stdout, names)
