@@ -92,12 +92,17 @@ for name in ("rslad_tf", "keras", "torch", "jax", "jaxlib", "numpy"):
 EOF
     local device=(--device gpu)
     [ "${SMOKE:-0}" = 1 ] && device=(--device cpu --smoke)
-    local rc=0
+    local rc statuses
+    # The benchmark's own status (124 when the timeout stopped it), not tee's: read
+    # PIPESTATUS straight after the pipeline, with errexit off for it.
+    set +e
     # shellcheck disable=SC2086  # BACKENDS and BENCH_ARGS are word lists
     timeout "${BENCH_TIMEOUT:-420}" "$py" -m rslad_tf.bench "${device[@]}" \
         --backend ${BACKENDS:-jax torch} --json "$out/bench_gpu.json" ${BENCH_ARGS:-} \
-        2>&1 | tee "$out/bench_gpu.log" || rc=$?
-    [ "$rc" = 0 ] || rc=${PIPESTATUS[0]}
+        2>&1 | tee "$out/bench_gpu.log"
+    statuses=("${PIPESTATUS[@]}")
+    set -e
+    rc=${statuses[0]}
     echo "benchmark exit status $rc" | tee -a "$out/env.txt"
     return "$rc"
 }

@@ -460,6 +460,23 @@ def test_device_script_usage_and_missing_bundle(tmp_path):
     assert (keep / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.parametrize("bench_args, timeout, status", [("--steps 0", "60", 2),
+                                                         ("", "2", 124)])
+def test_device_script_run_reports_the_benchmarks_exit_status(tmp_path, bench_args, timeout,
+                                                             status):
+    """``run`` exits with the benchmark's own status and writes it to env.txt: a refused
+    flag (2), and the timeout stopping it (124; it was 1 when the status was read after
+    another command). An empty bundle: this interpreter has everything already."""
+    (tmp_path / "bundle").mkdir()
+    env = dict(os.environ, BUNDLE=str(tmp_path / "bundle"), OUT=str(tmp_path / "out"),
+               PYTHON=sys.executable, SMOKE="1", BACKENDS="torch", BENCH_ARGS=bench_args,
+               BENCH_TIMEOUT=timeout)
+    done = subprocess.run(["bash", SCRIPT, "run"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == status, (done.stdout[-2000:], done.stderr[-2000:])
+    assert f"benchmark exit status {status}" in (tmp_path / "out" / "env.txt").read_text()
+
+
 @pytest.mark.slow
 def test_device_bundle_holds_the_package_and_fits(tmp_path):
     """``scripts/device_bench.sh bundle DIR`` (needs the package registry: it downloads the
