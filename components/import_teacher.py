@@ -84,7 +84,9 @@ def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
     manifest = read_dataset(dataset_dir)
     ensure_empty_dir(out_dir, "teacher artifact")
     if uri:
-        source, info = uri, {"role": "teacher", "source": uri, "method": method or None}
+        # The report's Checkpoint column names the file, not this step's artifact path.
+        source, info = uri, {"role": "teacher", "source": uri, "method": method or None,
+                             "checkpoint": os.path.basename(uri.rstrip("/")) or None}
         # Keras reads only files named *.keras; renamed to model.keras once checked.
         local = os.path.join(out_dir, INCOMING_FILE)
         log(f"fetching teacher {uri}")

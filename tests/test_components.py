@@ -224,6 +224,7 @@ def test_the_demo_imports_the_shipped_teacher_pinned_by_its_sha256(tmp_path, dat
                              log=quiet)
     assert info["sha256"] == fileio.sha256(shipped) == digest
     assert info["method"] == "sat" and info["params"] == 260_682
+    assert info["checkpoint"] == "last.keras"
     changed = tmp_path / "changed.keras"
     data = bytearray(open(shipped, "rb").read())
     data[-1] ^= 1
