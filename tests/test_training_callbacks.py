@@ -16,8 +16,8 @@ def _model():
 
 
 def test_schedule_sets_the_learning_rate_of_each_epoch():
-    config = presets.get("digits-sat")  # 0.05, / 10 at epochs 22 and 27
-    expected = [0.05] * 22 + [0.005] * 5 + [0.0005] * 3
+    config = presets.get("digits-sat")  # 0.5, / 10 at epochs 75 and 90
+    expected = [0.5] * 75 + [0.05] * 15 + [0.005] * 10
     schedule = callbacks.StepSchedule(config)
     model = _model()
     schedule.set_model(model)
@@ -28,9 +28,9 @@ def test_schedule_sets_the_learning_rate_of_each_epoch():
 
 
 def test_selection_epochs_follow_the_reference_schedule():
-    config = presets.get("digits-sat")  # every 5 epochs, every epoch from milestone 22 on
+    config = presets.get("digits-sat")  # every 17 epochs, every epoch from milestone 75 on
     chosen = [e + 1 for e in range(config.epochs) if is_eval_epoch(config, e)]
-    assert chosen == [5, 10, 15, 20] + list(range(22, 31))
+    assert chosen == [17, 34, 51, 68] + list(range(75, 101))
 
 
 class _RecordedState:
