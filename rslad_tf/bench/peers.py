@@ -116,6 +116,9 @@ def _build(profile: Profile, options: dict, num_batches: int, device: str = ""):
         from rslad_tf.common import runtime
 
         runtime.configure(attack_shards=shards)  # before TensorFlow starts its pools
+    from rslad_tf.backends import import_keras
+
+    import_keras()  # on TensorFlow: without its native start-up lines on stderr
     from rslad_tf.bench.backend_step import KerasRunner, _device
 
     _check_device(_device(), device, f"Keras' {backend} backend")
