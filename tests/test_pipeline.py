@@ -396,3 +396,31 @@ def test_demo_never_overwrites_results(tmp_path):
     plan = demo.describe_plan(rp.LOCAL_PRESETS["digits"], 1)
     assert "30 steps" in plan and "SHA-256 f2339e8fe0d7" in plan and "width=4" in plan
     assert "450 test images" in plan and "100 epochs each" in plan
+
+
+def test_demo_train_teacher_drops_the_shipped_teacher(tmp_path, monkeypatch, capsys):
+    """``--train-teacher`` runs the same parameters without the shipped teacher (so the
+    pipeline trains ``digits-teacher``); without it the demo passes the pinned file."""
+    from pipelines import demo
+
+    seen = []
+
+    def fake_run_local(out_dir, params, **kwargs):
+        seen.append(dict(params))
+        os.makedirs(out_dir, exist_ok=True)
+        report = os.path.join(out_dir, "report.md")
+        with open(report, "w") as f:
+            f.write("| table |\n")
+        return {"report": report}
+
+    monkeypatch.setattr(demo, "_pipeline", lambda: (rp.LOCAL_PRESETS, fake_run_local))
+    demo.main(["--out", str(tmp_path / "a")])
+    demo.main(["--out", str(tmp_path / "b"), "--train-teacher"])
+    shipped, trained = seen
+    assert shipped["teacher_uri"] == rp.SHIPPED_DIGITS_TEACHER
+    assert shipped["teacher_sha256"] == rp.SHIPPED_DIGITS_TEACHER_SHA256
+    assert "teacher_uri" not in trained and "teacher_sha256" not in trained
+    assert {k: v for k, v in shipped.items() if not k.startswith("teacher_")} == \
+        {k: v for k, v in trained.items() if not k.startswith("teacher_")}
+    assert trained["teacher_method"] == "sat"
+    assert "teacher (100 epochs)" in capsys.readouterr().out
