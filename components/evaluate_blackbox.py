@@ -44,7 +44,9 @@ def evaluate_blackbox(data: Input[Dataset], model: Input[Model], surrogate: Inpu
     from components.evaluate_blackbox import evaluate_blackbox_fn
     from components.evaluation import publish
 
-    configure_runtime()
+    # "auto": 2 attack shards on a CPU machine with 2 or more cores to use (same results,
+    # docs/speed.md), 1 under a GPU or a 1-thread step of a local run.
+    configure_runtime(attack_shards="auto")
     report_device(device_type, device_count)
     result = evaluate_blackbox_fn(data.path, model.path, surrogate.path, results.path,
                                   attacks=attacks, n_examples=n_examples, epsilon=epsilon,

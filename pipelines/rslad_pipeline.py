@@ -77,7 +77,7 @@ ReportOutputs = NamedTuple("ReportOutputs", [("report", Markdown), ("table", Art
 
 
 def make_pipeline(image: str | None = None, *, accelerators: bool = True,
-                  parallelism: int = 0, sweep: bool = False):
+                  parallelism: int = 0, sweep: bool = False, lone_threads: int = 0):
     """The pipeline function, its components built for ``image``.
 
     ``accelerators``: request ``accelerator_count`` x ``accelerator_type`` on the training
@@ -85,7 +85,10 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
     train at once (0: all). ``sweep``: the sweep graph (a ``plan-sweep`` step, then one
     student per cell of methods x ``seeds`` x ``grid``, see `components.plan_sweep`),
     with the run parameters ``seeds`` and ``grid``; without it the graph and parameters
-    are those of a single seed and no grid (one student per method).
+    are those of a single seed and no grid (one student per method). ``lone_threads``
+    (local runs): the TensorFlow threads of the steps outside the students' loop, which
+    kfp's local runner runs one at a time, so that they use the cores the loop's two
+    iterations share (set as the steps' ``RSLAD_TF_THREADS``; 0: the environment's).
     """
     c = components.build(image)
 
@@ -153,20 +156,25 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
             task.set_caching_options(cache)
             return task
 
+        def alone(task):
+            if lone_threads:
+                task.set_env_variable("RSLAD_TF_THREADS", str(lone_threads))
+            return task
+
         data = c.prepare_data(dataset=dataset, data_dir=data_dir, download=download)
         data.set_display_name("prepare-data")
         trained = c.train_teacher(data=data.outputs["data"], method=teacher_method,
                                   model=teacher_model, teacher_uri=teacher_uri,
                                   epochs=teacher_epochs, seed=seed, **train_args)
-        accelerate(trained.set_display_name("train-teacher"), cache=False)
+        alone(accelerate(trained.set_display_name("train-teacher"), cache=False))
         teacher = c.import_teacher(data=data.outputs["data"], trained=trained.outputs["teacher"],
                                    uri=teacher_uri, expected_sha256=teacher_sha256,
                                    method=teacher_method)
-        teacher.set_display_name("import-teacher").set_caching_options(False)
+        alone(teacher.set_display_name("import-teacher").set_caching_options(False))
         surrogate = c.train_surrogate(data=data.outputs["data"], model=surrogate_model,
                                       epochs=surrogate_epochs, seed=surrogate_seed,
                                       **train_args)
-        accelerate(surrogate.set_display_name("train-surrogate"), cache=False)
+        alone(accelerate(surrogate.set_display_name("train-surrogate"), cache=False))
 
         if sweep:
             plan = c.plan_sweep(methods=methods, seeds=seeds, seed=seed, grid=grid,
@@ -216,7 +224,7 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
                                            model=teacher.outputs["teacher"],
                                            attacks=whitebox_attacks,
                                            autoattack_options=autoattack_options, **eval_args)
-        accelerate(teacher_eval.set_display_name("evaluate-teacher"), cache=True)
+        alone(accelerate(teacher_eval.set_display_name("evaluate-teacher"), cache=True))
         report = c.make_report(whitebox=dsl.Collected(whitebox.outputs["results"]),
                                blackbox=dsl.Collected(blackbox.outputs["results"]),
                                teacher=teacher_eval.outputs["results"],
@@ -424,7 +432,10 @@ def run_local(out_dir: str, params: dict, *, image: str | None = None, threads: 
     os.makedirs(workspace, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
                workspace_root=workspace, raise_on_error=True)
-    pipeline = make_pipeline(image, accelerators=True, sweep=sweep)
+    # The steps outside the loop run alone: give them every core the loop's steps share.
+    cores = os.cpu_count() or 1
+    pipeline = make_pipeline(image, accelerators=True, sweep=sweep,
+                             lone_threads=cores if threads and threads < cores else 0)
     # The local runner ignores resource requests: do not let the steps expect a GPU.
     params.setdefault("accelerator_count", 0)
     log_path = os.path.join(out_dir, "pipeline.log")

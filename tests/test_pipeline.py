@@ -424,3 +424,26 @@ def test_demo_train_teacher_drops_the_shipped_teacher(tmp_path, monkeypatch, cap
         {k: v for k, v in trained.items() if not k.startswith("teacher_")}
     assert trained["teacher_method"] == "sat"
     assert "teacher (100 epochs)" in capsys.readouterr().out
+
+
+def test_local_steps_outside_the_loop_get_every_core(tmp_path):
+    """`make_pipeline(lone_threads=N)` (what `run_local` passes when its loop steps have
+    fewer threads than the machine has cores) sets RSLAD_TF_THREADS=N on the steps kfp's
+    local runner runs alone, and on none of the loop's; without it no step sets it."""
+    from kfp import compiler
+
+    def envs(**kwargs):
+        out = str(tmp_path / f"p{len(kwargs)}.yaml")
+        compiler.Compiler().compile(rp.make_pipeline(None, **kwargs), out)
+        with open(out) as f:
+            spec = next(yaml.safe_load_all(f))
+        return {name: executor["container"].get("env")
+                for name, executor in spec["deploymentSpec"]["executors"].items()}
+
+    lone = {"exec-train-teacher", "exec-import-teacher", "exec-train-surrogate",
+            "exec-evaluate-whitebox-2"}  # the last one: the teacher's evaluation
+    with_threads = envs(lone_threads=2)
+    assert {n for n, env in with_threads.items() if env} == lone
+    assert all(env == [{"name": "RSLAD_TF_THREADS", "value": "2"}]
+               for n, env in with_threads.items() if n in lone)
+    assert not any(envs().values())
