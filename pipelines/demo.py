@@ -62,9 +62,9 @@ def _reference(params: dict) -> str:
 
 
 def describe_plan(params: dict, threads: int) -> str:
+    from components.training import student_preset_name, teacher_preset_name
     from pipelines.rslad_pipeline import count_steps
     from rslad_tf.common.vocabulary import PAPER_METHODS
-
     from rslad_tf.config import presets
 
     methods = params.get("methods") or list(PAPER_METHODS)
@@ -73,9 +73,10 @@ def describe_plan(params: dict, threads: int) -> str:
         teacher = (f"teacher {os.path.relpath(params['teacher_uri'])} (SHA-256 "
                    f"{(params.get('teacher_sha256') or '-')[:12]}...)")
     else:
-        epochs = params.get("teacher_epochs") or presets.get(f"{dataset}-teacher").epochs
+        epochs = (params.get("teacher_epochs")
+                  or presets.get(teacher_preset_name(dataset)).epochs)
         teacher = f"teacher ({epochs} epochs)"
-    student = presets.get(f"{dataset}-sat")
+    student = presets.get(student_preset_name(dataset, methods[0]))
     epochs = params.get("epochs") or student.epochs
     model = params.get("student_model") or (
         f"{student.model}:width={student.model_kwargs['width']}"

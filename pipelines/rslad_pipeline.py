@@ -67,8 +67,11 @@ from components.common import BLACKBOX_ATTACKS, WHITEBOX_ATTACKS
 from pipelines import parameters, submit
 from rslad_tf.common.errors import ArgumentParser, UserError, run_cli
 from rslad_tf.common.vocabulary import METHOD_NAMES, PAPER_METHODS
+from rslad_tf.config import presets
 
 PIPELINE_NAME = "rslad-tf"
+# The checkout this module lives in (its steps import it; the demo's teacher ships in it).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -290,7 +293,6 @@ def compile_pipeline(out: str, image: str | None = None, *, accelerators: bool =
 # shipped in the study's record and pinned by its SHA-256. `python -m rslad_tf.train
 # --preset digits-teacher` trains one by the same recipe; `python -m pipelines.demo
 # --train-teacher` trains it inside the pipeline instead.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_DIGITS_TEACHER = os.path.join(REPO_ROOT, "docs", "study_runs", "teacher-w64-eps0.2",
                                       "checkpoints", "last.keras")
 SHIPPED_DIGITS_TEACHER_SHA256 = (
@@ -308,7 +310,8 @@ LOCAL_PRESETS = {
     # (5,000 queries) run in the toolkit's TensorFlow implementation, about four times
     # faster on CPU than the reference code under the torch backend.
     "digits": dict(dataset="digits", teacher_uri=SHIPPED_DIGITS_TEACHER,
-                   teacher_sha256=SHIPPED_DIGITS_TEACHER_SHA256, teacher_method="sat",
+                   teacher_sha256=SHIPPED_DIGITS_TEACHER_SHA256,
+                   teacher_method=presets.DIGITS_TEACHER_METHOD,
                    surrogate_epochs=DEMO_SURROGATE_EPOCHS, checkpoint="last",
                    select_n_examples=200, eval_n_examples=450, autoattack_impl="native"),
     # Every step and attack of the real run, at a size where the numbers mean nothing:
@@ -384,7 +387,7 @@ def _step_environment(threads: int = 0):
     """Environment of the steps the local runner starts, restored afterwards: progress
     printed as it happens (unbuffered), this repository importable from any working
     directory (installed or not), and the TensorFlow thread count."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(components.__file__)))
+    repo = REPO_ROOT
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     changes = {"PYTHONUNBUFFERED": "1",
                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
