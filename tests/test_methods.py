@@ -27,6 +27,19 @@ def _method(name, teacher, **kw):
     return method
 
 
+def test_the_vocabulary_lists_what_the_method_classes_say():
+    """The method tuples of `rslad_tf.common.vocabulary`, which the presets and the study
+    read without importing Keras, name exactly the registered classes that need a teacher
+    and those whose teacher output the soft-label cache may hold."""
+    from rslad_tf.common import vocabulary
+
+    assert tuple(METHODS) == vocabulary.METHOD_NAMES
+    assert vocabulary.DISTILLATION_METHODS == tuple(
+        n for n, cls in METHODS.items() if cls.uses_teacher)
+    assert vocabulary.TEACHER_CACHE_METHODS == tuple(
+        n for n, cls in METHODS.items() if cls.supports_teacher_cache)
+
+
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_short_fit_lowers_the_loss_and_leaves_the_teacher_alone(name, trained_digits_model,
                                                                 digits_data):
