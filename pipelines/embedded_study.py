@@ -177,28 +177,34 @@ def rates_by_radius(out_root: str) -> dict[float, dict[str, float]]:
 VARIANTS = ("sat", "rslad-strong", "rslad-weak")  # SAT alone, RSLAD from each teacher
 
 
+# Amendment 3 (docs/study.md): every student run of the screen and the decision stage
+# again, on a later library, from the same teachers, with its checkpoints kept so that the
+# best one is evaluated too. Its runs are named with this prefix instead of "screen".
+SCREEN, REPLICATION = "screen", "rep"
+
+
 def run_name(variant: str, width: int, eps: float, seed: int,
-             rates: dict[str, float] | None = None) -> str:
-    """Directory of one student run. Away from `FIRST_EPSILON` the name carries the
-    variant's rate (from ``rates``, that radius's): the first eps-0.3 screen, trained at
-    the eps-0.2 rates before amendment 2, keeps the names without one
-    (`first_eps03_runs`)."""
+             rates: dict[str, float] | None = None, stage: str = SCREEN) -> str:
+    """Directory of one student run of ``stage`` (`SCREEN` for the screen and the decision
+    stage, `REPLICATION`). Away from `FIRST_EPSILON` the name carries the variant's rate
+    (from ``rates``, that radius's): the first eps-0.3 screen, trained at the eps-0.2 rates
+    before amendment 2, keeps the names without one (`first_eps03_runs`)."""
     rate = ""
     if eps != FIRST_EPSILON and rates is not None:
         rate = f"-lr{rates[variant.partition('-')[0]]:g}"
-    return f"screen-{variant}-w{width}-{_eps_tag(eps)}{rate}-seed{seed}"
+    return f"{stage}-{variant}-w{width}-{_eps_tag(eps)}{rate}-seed{seed}"
 
 
 def cell_runs(out_root: str, rates: dict[str, float], eps: float, width: int,
-              seeds) -> list[Run]:
-    """The runs of one cell (radius, student width) at that radius's ``rates``: every
-    variant at each seed."""
+              seeds, stage: str = SCREEN) -> list[Run]:
+    """The runs of one cell (radius, student width) of ``stage`` at that radius's
+    ``rates``: every variant at each seed. Both stages distil from the same teachers."""
     runs = []
     for seed in seeds:
         for variant in VARIANTS:
             method, _, strength = variant.partition("-")
             teacher = teacher_name(strength, eps, rates) if strength else None
-            runs.append(Run(run_name(variant, width, eps, seed, rates),
+            runs.append(Run(run_name(variant, width, eps, seed, rates, stage),
                             _student(method, width, eps, seed, rates[method], teacher,
                                      out_root), needs=(teacher,) if teacher else ()))
     return runs
@@ -285,7 +291,8 @@ def all_runs(out_root: str) -> list[Run]:
     radius's strong teacher and its learning-rate grid (RSLAD's waits for the teacher),
     the teachers' evaluations, the screen cell by cell at each radius whose grid is done
     (each run trained, then its last checkpoint evaluated), the decision stage the same
-    way, and the best checkpoints' evaluations last."""
+    way, the best checkpoints' evaluations, and last the replication (amendment 3), each
+    run followed by the evaluations of its last and its best checkpoint."""
     teachers = teacher_runs()
     jobs = [job for teacher, eps in zip(teachers, EPSILONS)
             for job in (teacher, *lr_runs(out_root, eps))]
@@ -301,7 +308,18 @@ def all_runs(out_root: str) -> list[Run]:
         jobs += [run, evaluation(run, "last")]
     jobs += [evaluation(r, "best") for r in (*teachers, *screen, *decision)
              if _has_best(out_root, r)]
+    for run in replication_runs(out_root, rates):  # whole cells first, as above
+        jobs += [run, evaluation(run, "last"), evaluation(run, "best")]
     return jobs
+
+
+def replication_runs(out_root: str, rates: dict[float, dict[str, float]]) -> list[Run]:
+    """Amendment 3: every cell's runs again at all three seeds, eps 0.2's cells first and
+    the narrowest first within a radius (the cell that matched the paper's conditions
+    leads), at the radii whose grid has chosen its rates."""
+    seeds = (*SCREEN_SEEDS, *DECISION_SEEDS)
+    return [run for eps in EPSILONS if eps in rates for width in WIDTHS
+            for run in cell_runs(out_root, rates[eps], eps, width, seeds, REPLICATION)]
 
 
 def _has_best(out_root: str, run: Run) -> bool:
@@ -421,15 +439,16 @@ def _grid_table(out_root: str) -> list[str]:
     return lines
 
 
-def _seeds_of(out_root: str, variant: str, width: int, eps: float, which: str) -> list:
-    """The eval results of one variant in one cell, one per finished seed; none while
-    that radius's grid is unfinished."""
+def _seeds_of(out_root: str, variant: str, width: int, eps: float, which: str,
+              stage: str = SCREEN) -> list:
+    """The eval results of one variant in one cell of ``stage``, one per finished seed;
+    none while that radius's grid is unfinished."""
     rates = chosen_learning_rates(out_root, eps)
     if rates is None:
         return []
     seeds = (*SCREEN_SEEDS, *DECISION_SEEDS)
-    results = [_eval(os.path.join(out_root, run_name(variant, width, eps, seed, rates)),
-                     which) for seed in seeds]
+    results = [_eval(os.path.join(out_root, run_name(variant, width, eps, seed, rates,
+                                                     stage)), which) for seed in seeds]
     return [r for r in results if r is not None]
 
 
@@ -484,18 +503,51 @@ def tables(out_root: str) -> str:
                 f"{_spread(aa['rslad-strong'])} | {_spread(aa['rslad-weak'])} | "
                 f"{_spread(clean)} | {verdict(aa['rslad-strong'], aa['sat'])} | "
                 f"{verdict(aa['rslad-weak'], aa['sat'])} |")
+    lines += _replication_table(out_root)
     lines += ["", "Every run (test set, all 450 points; clean / AutoAttack %; the best "
               "checkpoint is chosen by PGD-20 on the first 200 test points):", "",
               "| run | last | best | best epoch |", "| --- | --- | --- | --- |"]
     names = [run.name for run in (*teacher_runs(), *_named_runs(out_root, SCREEN_SEEDS),
                                   *_named_runs(out_root, DECISION_SEEDS))]
     lines += _run_rows(out_root, names)
+    replicated = _run_rows(out_root, [r.name for r in replication_runs(
+        out_root, rates_by_radius(out_root))])
+    if replicated:
+        lines += ["", "The replication's runs (amendment 3; same columns):", "",
+                  "| run | last | best | best epoch |", "| --- | --- | --- | --- |",
+                  *replicated]
     first = _run_rows(out_root, first_eps03_runs())
     if first:
         lines += ["", "The first eps-0.3 screen, every method at its eps-0.2 rate (0.5); "
                   "replaced by amendment 2 (same columns):", "",
                   "| run | last | best | best epoch |", "| --- | --- | --- | --- |", *first]
     return "\n".join(lines)
+
+
+def _replication_table(out_root: str) -> list[str]:
+    """The replication's cells (amendment 3), last and best checkpoints side by side,
+    each read by the same rule; nothing before its first evaluation."""
+    rows = []
+    for eps in EPSILONS:
+        for width in WIDTHS:
+            row = [f"{eps:g}", str(width)]
+            for which in ("last", "best"):
+                aa = {v: [r["autoattack_acc"] for r in _seeds_of(
+                    out_root, v, width, eps, which, REPLICATION)] for v in VARIANTS}
+                row += ["/".join(str(len(aa[v])) for v in VARIANTS),
+                        *(_spread(aa[v]) for v in VARIANTS),
+                        verdict(aa["rslad-strong"], aa["sat"]),
+                        verdict(aa["rslad-weak"], aa["sat"])]
+            if row[2] != "0/0/0":
+                rows.append("| " + " | ".join(row) + " |")
+    if not rows:
+        return []
+    return ["", "The replication (amendment 3; test set, all 450 points; AutoAttack "
+            "accuracy %, mean ± sample std over the n seeds evaluated; last checkpoints, "
+            "then best ones):", "",
+            "| eps | width | n last | SAT | RSLAD strong | RSLAD weak | strong - SAT "
+            "| weak - SAT | n best | SAT | RSLAD strong | RSLAD weak | strong - SAT "
+            "| weak - SAT |", "|" + " --- |" * 14, *rows]
 
 
 def _run_rows(out_root: str, names) -> list[str]:
@@ -577,10 +629,14 @@ def plot(out_root: str, path: str) -> None:
 
 RECORD_FILES = ("config.json", "history.csv", "eval_last.json", "eval_best.json")
 TEACHER_CHECKPOINT = os.path.join("checkpoints", "last.keras")
+# The replication keeps both of its students' checkpoints (amendment 3): the first study
+# lost its best ones with the machine that trained them.
+REPLICATION_CHECKPOINTS = (TEACHER_CHECKPOINT, os.path.join("checkpoints", "best.keras"))
 
 
 def collect(out_root: str, to: str) -> int:
-    """Copy each run's record (`RECORD_FILES`; of checkpoints only the teachers') from
+    """Copy each run's record (`RECORD_FILES`; of checkpoints the teachers' and the
+    replication's, `REPLICATION_CHECKPOINTS`) from
     ``out_root`` into ``to``, where `tables` reads them as from the runs themselves and
     from which ``run --out`` continues the study; files already there are kept (the
     record only grows). Returns the number of files copied."""
@@ -597,6 +653,8 @@ def collect(out_root: str, to: str) -> int:
         if not os.path.isfile(os.path.join(src, "config.json")) or _last_row(src) is None:
             continue  # not a run, or one still training: `run` finishes it where it is
         records = RECORD_FILES + ((TEACHER_CHECKPOINT,) if name in teachers else ())
+        if name.startswith(REPLICATION + "-"):
+            records += REPLICATION_CHECKPOINTS
         for record in records:
             path, dest = os.path.join(src, record), os.path.join(to, name, record)
             if os.path.isfile(path) and not os.path.exists(dest):

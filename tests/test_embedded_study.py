@@ -71,10 +71,10 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     jobs = [r.job for r in started]
     trained = [r.name for r in started if not r.evaluates]
     # 2 teachers, 2 radii x 2 methods x 3 grid runs, 6 other methods x 3 at eps 0.2, 3
-    # widths x 2 radii x 3 variants x (1 + 2 seeds); every run but the grid's evaluated at
-    # its last and its best checkpoint.
-    assert len(trained) == len(set(trained)) == 2 + 12 + 18 + 18 + 36
-    assert len(jobs) == len(set(jobs)) == len(trained) + 2 * (2 + 18 + 36)
+    # widths x 2 radii x 3 variants x (1 + 2 seeds), and the same 54 again in the
+    # replication; every run but the grid's evaluated at its last and its best checkpoint.
+    assert len(trained) == len(set(trained)) == 2 + 12 + 18 + 18 + 36 + 54
+    assert len(jobs) == len(set(jobs)) == len(trained) + 2 * (2 + 18 + 36 + 54)
     assert jobs[0] == "teacher-w64-eps0.2"
     for run in started:  # nothing starts before the training runs it needs
         for need in run.needs:
@@ -82,9 +82,19 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
             assert jobs.index(need) < jobs.index(run.job), (run.job, need)
     grid_end = max(jobs.index(n) for n in jobs if n.startswith("lr-"))
     assert all(jobs.index(n) > grid_end for n in jobs if n.startswith("screen-"))
-    # Last checkpoints are evaluated before the best ones, SAT's before RSLAD's.
+    # Last checkpoints are evaluated before the best ones, SAT's before RSLAD's; the
+    # replication comes after all of the first study, each of its runs evaluated at both
+    # checkpoints before the next cell starts.
     first_best = min(i for i, j in enumerate(jobs) if j.endswith(":eval-best"))
-    assert all(i < first_best for i, j in enumerate(jobs) if j.endswith(":eval-last"))
+    first_rep = min(i for i, j in enumerate(jobs) if j.startswith("rep-"))
+    assert all(i < first_best for i, j in enumerate(jobs)
+               if j.endswith(":eval-last") and not j.startswith("rep-"))
+    assert all(i < first_rep for i, j in enumerate(jobs) if not j.startswith("rep-"))
+    rep = [n for n in trained if n.startswith("rep-")]
+    assert rep[0] == "rep-sat-w4-eps0.2-seed0" and len(rep) == 54
+    assert all("eps0.2" in n for n in rep[:27]) and all("eps0.3" in n for n in rep[27:])
+    assert jobs.index("rep-sat-w4-eps0.2-seed0:eval-best") < \
+        jobs.index("rep-sat-w8-eps0.2-seed0")
     # The screen goes cell by cell: a run's evaluation comes before the next cell starts.
     assert jobs.index("screen-sat-w4-eps0.2-seed0:eval-last") < \
         jobs.index("screen-sat-w8-eps0.2-seed0")
@@ -110,6 +120,10 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     weak = by_name["screen-rslad-weak-w8-eps0.3-lr0.15-seed1"].args
     assert os.path.join(str(tmp_path), "screen-sat-w16-eps0.3-lr0.5-seed0", "checkpoints",
                         "last.keras") in weak and "learning_rate=0.15" in weak
+    # The replication repeats a run's arguments exactly, teacher included.
+    assert by_name["rep-rslad-weak-w8-eps0.3-lr0.15-seed1"].args == weak
+    assert by_name["rep-rslad-weak-w8-eps0.3-lr0.15-seed1"].needs == (
+        "screen-sat-w16-eps0.3-lr0.5-seed0",)
     grid = by_name["lr-rslad-lr0.5"].args
     assert "validation_fraction=0.2" in grid and "--no-final-eval" in grid
     grid = by_name["lr-rslad-eps0.3-lr0.05"].args
@@ -132,6 +146,9 @@ def test_every_run_of_the_protocol_in_dependency_order(tmp_path, fake_trainer):
     assert ("| 0.3 | 16 | yes | 80.0 / 50.0 | 3/3/3 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 "
             "| 91.0 ± 0.0 | +0.0: no clear difference |") in table
     assert "| screen-rslad-weak-w4-eps0.2-seed2 | 91.0 / 50.0 | 91.0 / 50.0 | 1 |" in table
+    assert "| rep-rslad-weak-w4-eps0.2-seed2 | 91.0 / 50.0 | 91.0 / 50.0 | 1 |" in table
+    assert ("| 0.3 | 16 | 3/3/3 | 50.0 ± 0.0 | 50.0 ± 0.0 | 50.0 ± 0.0 | +0.0: no clear "
+            "difference | +0.0: no clear difference | 3/3/3 | 50.0 ± 0.0 |") in table
     assert "first eps-0.3 screen" not in table
 
 
@@ -265,13 +282,17 @@ def test_collect_copies_the_records_that_the_tables_read(tmp_path, fake_trainer)
     runs, record = str(tmp_path / "runs"), str(tmp_path / "record")
     assert study.run_all(runs, workers=2, log=lambda m: None) == 0
     copied = study.collect(runs, record)
-    # The grid: config + history; the rest: all four; and the 4 teachers' checkpoints.
-    assert copied == 30 * 2 + 56 * 4 + 4
+    # The grid: config + history; the rest: all four; the 4 teachers' checkpoints, and
+    # both checkpoints of each of the replication's 54 runs.
+    assert copied == 30 * 2 + (56 + 54) * 4 + 4 + 54 * 2
     kept = sorted(os.path.relpath(os.path.join(d, f), record)
                   for d, _, files in os.walk(record) for f in files if f.endswith(".keras"))
-    assert kept == sorted(os.path.join(n, "checkpoints", "last.keras") for n in (
+    assert kept == sorted([os.path.join(n, "checkpoints", "last.keras") for n in (
         "teacher-w64-eps0.2", "teacher-w64-eps0.3", "screen-sat-w16-eps0.2-seed0",
-        "screen-sat-w16-eps0.3-lr0.05-seed0"))
+        "screen-sat-w16-eps0.3-lr0.05-seed0")] + [
+        os.path.join(n, "checkpoints", f"{which}.keras") for n in os.listdir(record)
+        if n.startswith("rep-") for which in ("best", "last")])
+    assert len(kept) == 4 + 54 * 2
     assert study.tables(record) == study.tables(runs)
     assert study.collect(runs, record) == 0
     partial = os.path.join(runs, "screen-sat-w4-eps0.2-seed7")  # a run still training
