@@ -157,3 +157,36 @@ def test_teacher_is_bit_identical_and_never_in_training_mode(name, extra, digits
     assert _TrainingSpy.seen and True not in _TrainingSpy.seen, _TrainingSpy.seen
     for old, new in zip(before, teacher.weights):
         np.testing.assert_array_equal(old, new.numpy())
+
+
+@pytest.mark.parametrize("method_cls", [AdaADModel, AdaIADModel])
+def test_student_passes_run_clean_then_adversarial_as_the_authors_script(method_cls):
+    """The BatchNorm moving statistics after the loss's student passes are those of S(x)
+    then S(x'); the other order, which the loss alone cannot tell, leaves others. (A fast
+    moving average, momentum 0.5, so that the two orders differ well above rounding.)"""
+    keras.utils.set_random_seed(0)
+    student = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, padding="same"),
+        keras.layers.BatchNormalization(momentum=0.5), keras.layers.ReLU(),
+        keras.layers.Flatten(), keras.layers.Dense(K)])
+    teacher = _bn_model(6, 1)
+    x = tf.constant(np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32))
+    method = method_cls(student, teacher, epsilon=0.2, step_size=0.05, attack_steps=2,
+                        attack_start="none")
+    ctx = method.prepare(x, None)
+    x_adv = method.attack(x, None, ctx)
+    start = [w.numpy().copy() for w in student.non_trainable_weights]
+
+    def moving_stats_after(*batches):
+        for w, value in zip(student.non_trainable_weights, start):
+            w.assign(value)
+        for batch in batches:
+            student(batch, training=True)
+        return [w.numpy().copy() for w in student.non_trainable_weights]
+
+    clean_first, adv_first = moving_stats_after(x, x_adv), moving_stats_after(x_adv, x)
+    assert max(np.abs(a - b).max() for a, b in zip(clean_first, adv_first)) > 1e-3
+    moving_stats_after()  # back to the start
+    method.loss_terms(x, x_adv, tf.constant(LABELS[:5]), ctx)
+    for got, want in zip(student.non_trainable_weights, clean_first):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-7)

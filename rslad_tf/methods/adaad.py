@@ -66,10 +66,12 @@ class AdaADModel(IGDMOption, AdversarialMethod):
         return self.run_pgd(x, loss="kl_model", target_model=self.teacher)
 
     def student_logits(self, x, x_adv):
-        """S(x') and S(x) in training mode (the reference computes both every step, so the
-        BatchNorm statistics see clean and adversarial batches whatever alpha is)."""
-        logits_adv = ops.cast(self.student(x_adv, training=True), "float32")
+        """S(x') and S(x) in training mode. The authors' training script computes both every
+        step, the clean batch first, so the BatchNorm moving statistics see the clean then
+        the adversarial batch whatever alpha is; the order matters to those statistics
+        only (each call normalises by its own batch's)."""
         logits_nat = ops.cast(self.student(x, training=True), "float32")
+        logits_adv = ops.cast(self.student(x_adv, training=True), "float32")
         return logits_adv, logits_nat
 
     def loss_terms(self, x, x_adv, y, ctx):
