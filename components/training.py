@@ -8,6 +8,7 @@ import os
 
 from components.common import (RUN_SUBDIR, check_model_fits, model_file, model_info,
                                model_spec_overrides, tagged, write_model_artifact)
+from rslad_tf.common import fileio
 from rslad_tf.common.errors import UserError
 
 CHECKPOINTS = ("best", "last")
@@ -111,7 +112,7 @@ def run_training(config, out_dir: str, *, role: str, teacher=None, teacher_info=
 
     if checkpoint not in CHECKPOINTS:
         raise UserError(f"unknown checkpoint {checkpoint!r}; choose best or last")
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+    if fileio.holds_something(out_dir):
         raise UserError(f"model artifact directory {out_dir!r} is not empty")
     run_dir = os.path.join(out_dir, RUN_SUBDIR)
     tag = config.method if role == "student" else role

@@ -65,6 +65,7 @@ from kfp.dsl import Artifact, Markdown
 import components
 from components.common import BLACKBOX_ATTACKS, WHITEBOX_ATTACKS
 from pipelines import parameters, submit
+from rslad_tf.common import fileio
 from rslad_tf.common.errors import ArgumentParser, UserError, run_cli
 from rslad_tf.common.vocabulary import METHOD_NAMES, PAPER_METHODS
 from rslad_tf.config import presets
@@ -420,7 +421,7 @@ def run_local(out_dir: str, params: dict, *, image: str | None = None, threads: 
 
     from pipelines.progress import ProgressFilter
 
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+    if fileio.holds_something(out_dir):
         raise UserError(f"{out_dir!r} is not empty; choose another --out")
     params = dict(params)
     sweep = is_sweep(params)

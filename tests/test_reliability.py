@@ -239,3 +239,20 @@ def test_refuse_existing_is_one_line_naming_the_path_and_the_option(tmp_path):
         assert name in message and "choose another --json" in message, message
         assert "\n" not in message
     assert (tmp_path / "taken.json").read_text() == "{}"
+
+
+def test_holds_something_is_what_an_output_directory_may_not_be(tmp_path):
+    """The check of the outputs that must be new or empty directories (a local pipeline
+    run's --out, a model artifact): a missing path or an empty folder is free; a file, a
+    dangling link or a folder with anything in it is not."""
+    from rslad_tf.common import fileio
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / ".hidden").write_text("")
+    (tmp_path / "file").write_text("")
+    os.symlink(tmp_path / "nowhere", tmp_path / "dangling")
+    held = {name: fileio.holds_something(str(tmp_path / name))
+            for name in ("missing", "empty", "full", "file", "dangling")}
+    assert held == {"missing": False, "empty": False, "full": True, "file": True,
+                    "dangling": True}

@@ -25,6 +25,12 @@ def refuse_existing(path: str, option: str, error: type = UserError) -> None:
         raise output_exists_error(path, option, error)
 
 
+def holds_something(path: str) -> bool:
+    """True when ``path`` is a file (or a link) or a directory with anything in it: the
+    test of every output that must be a new or empty directory."""
+    return os.path.lexists(path) and (not os.path.isdir(path) or bool(os.listdir(path)))
+
+
 def write_atomically(path: str, write, suffix: str = "") -> None:
     """Write through ``write(tmp_path)`` to a temporary file beside ``path``, fsync it, then
     rename it over ``path``: a crash leaves either the old file or the new one."""
