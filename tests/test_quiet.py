@@ -94,6 +94,33 @@ def test_teacher_for_other_classes_is_one_line(tmp_path):
     assert not os.path.exists(out / "checkpoints" / "best.keras")
 
 
+def test_cifar_missing_from_the_data_dir_is_one_line(tmp_path):
+    """An empty --data-dir: no python archive there, so TFDS looks and finds nothing. TFDS
+    logged a warning for the folder it probed (before `quiet.library_warnings_muted`: two
+    lines); the user sees the one error line, and no run directory is made."""
+    empty = tmp_path / "data"
+    empty.mkdir()
+    out = tmp_path / "run"
+    done = _run(["-m", "rslad_tf.train", "--preset", "cifar10-resnet18-sat", "--data-dir",
+                 str(empty), "--out", str(out)])
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(
+        f"error: cifar10 not found in {empty}; put cifar-10-python.tar.gz"), done.stderr
+    assert not os.path.exists(out)
+
+
+def test_library_warnings_are_muted_in_the_block_only(caplog):
+    import logging
+
+    absl = logging.getLogger("absl")
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        with quiet.library_warnings_muted():
+            absl.warning("probed folder is empty")
+            absl.error("a genuine error")
+        absl.warning("after the block")
+    assert [r.getMessage() for r in caplog.records] == ["a genuine error", "after the block"]
+
+
 def test_missing_and_invalid_teacher_are_one_line(tmp_path):
     fake = tmp_path / "t.keras"
     fake.write_bytes(b"PK not really")

@@ -16,6 +16,7 @@ first); after the first call TensorFlow is initialised and the later calls retur
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -82,6 +83,23 @@ def native_stderr_filtered():
             if kept:
                 sys.stderr.write(kept)
                 sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def library_warnings_muted(names=("absl", "tensorflow")):
+    """Within the block, the Python loggers ``names`` pass errors only. TensorFlow Datasets
+    logs through absl a warning for every dataset folder it probes and finds empty
+    ("Variant folder ... has no dataset_info.json"), which would stand before our own
+    one-line error about the missing data; a library's errors still show."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 _DONE = False
