@@ -581,11 +581,17 @@ VARIANT_LABELS = {"sat": "SAT alone", "rslad-strong": "RSLAD, strong teacher",
                   "rslad-weak": "RSLAD, weak teacher (SAT width 16)"}
 
 
+# The plot's rows: (stage, checkpoint, title); a row is drawn when it has any result.
+PLOT_ROWS = ((SCREEN, "last", "first study, last checkpoints"),
+             (REPLICATION, "last", "replication, last checkpoints"),
+             (REPLICATION, "best", "replication, best checkpoints"))
+
+
 def plot(out_root: str, path: str) -> None:
-    """AutoAttack accuracy (last checkpoints, mean and sample std over the finished seeds)
-    against the student's parameter count, one panel per radius, one line per variant,
-    and the strong teacher's accuracy as a horizontal line; written to ``path`` (PNG),
-    which must not exist yet."""
+    """AutoAttack accuracy (mean and sample std over the finished seeds) against the
+    student's parameter count: one panel per radius, one row per `PLOT_ROWS` entry that
+    has results, one line per variant, and the strong teacher's accuracy as a horizontal
+    line; written to ``path`` (PNG), which must not exist yet."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -594,37 +600,47 @@ def plot(out_root: str, path: str) -> None:
     from rslad_tf.common import fileio
 
     fileio.refuse_existing(path, "--png")
-    fig, axes = plt.subplots(1, len(EPSILONS), figsize=(5 * len(EPSILONS), 4), sharey=True)
-    for ax, eps in zip(axes, EPSILONS):
-        sizes = set()
-        for variant in VARIANTS:
-            points = []
-            for width in WIDTHS:
-                results = _seeds_of(out_root, variant, width, eps, "last")
-                if results:
-                    mean, std = _mean_std([r["autoattack_acc"] for r in results])
-                    points.append((results[0]["params"], mean, std or 0.0))
-            if points:
-                xs, ys, errs = zip(*points)
-                sizes.update(xs)
-                ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3,
-                            label=VARIANT_LABELS[variant])
-        teacher = _eval(os.path.join(out_root, teacher_name("strong", eps)), "last")
-        if teacher is not None:
-            ax.axhline(teacher["autoattack_acc"], color="grey", linestyle="--",
-                       label=f"strong teacher ({teacher['params']:,} parameters)")
-        ax.set_xscale("log")
-        ax.set_xticks(sorted(sizes), [f"{x:,}" for x in sorted(sizes)], minor=False)
-        ax.set_xticks([], minor=True)
-        ax.set_xlabel("student parameters")
-        ax.set_title(f"digits, eps {eps:g}")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("AutoAttack accuracy (%), last checkpoint")
-    axes[0].legend(fontsize=8, loc="lower right")  # the eps-0.2 panel has room there
+    rows = [row for row in PLOT_ROWS if any(
+        _seeds_of(out_root, v, w, eps, row[1], row[0])
+        for v in VARIANTS for w in WIDTHS for eps in EPSILONS)] or list(PLOT_ROWS[:1])
+    fig, grid = plt.subplots(len(rows), len(EPSILONS), figsize=(5 * len(EPSILONS),
+                                                               4 * len(rows)),
+                             sharey=True, squeeze=False)
+    for axes, (stage, which, title) in zip(grid, rows):
+        for ax, eps in zip(axes, EPSILONS):
+            _plot_panel(ax, out_root, eps, stage, which)
+            ax.set_title(f"digits, eps {eps:g}: {title}", fontsize=9)
+        axes[0].set_ylabel(f"AutoAttack accuracy (%), {which} checkpoint")
+    grid[0][0].legend(fontsize=8, loc="lower right")  # the eps-0.2 panel has room there
     fig.tight_layout()
     fileio.write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120),
                             suffix=".png")
     plt.close(fig)
+
+
+def _plot_panel(ax, out_root: str, eps: float, stage: str, which: str) -> None:
+    sizes = set()
+    for variant in VARIANTS:
+        points = []
+        for width in WIDTHS:
+            results = _seeds_of(out_root, variant, width, eps, which, stage)
+            if results:
+                mean, std = _mean_std([r["autoattack_acc"] for r in results])
+                points.append((results[0]["params"], mean, std or 0.0))
+        if points:
+            xs, ys, errs = zip(*points)
+            sizes.update(xs)
+            ax.errorbar(xs, ys, yerr=errs, marker="o", capsize=3,
+                        label=VARIANT_LABELS[variant])
+    teacher = _eval(os.path.join(out_root, teacher_name("strong", eps)), "last")
+    if teacher is not None:
+        ax.axhline(teacher["autoattack_acc"], color="grey", linestyle="--",
+                   label=f"strong teacher ({teacher['params']:,} parameters)")
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(sizes), [f"{x:,}" for x in sorted(sizes)], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.set_xlabel("student parameters")
+    ax.grid(alpha=0.3)
 
 
 RECORD_FILES = ("config.json", "history.csv", "eval_last.json", "eval_best.json")

@@ -330,6 +330,10 @@ def test_plot_of_accuracy_against_size_is_written_once(tmp_path, fake_trainer):
     png = tmp_path / "aa_vs_size.png"
     study.plot(runs, str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    # One row of panels per stage and checkpoint with results: the first study's last
+    # checkpoints, the replication's last and best (4 inches at 120 dpi each).
+    height = int.from_bytes(png.read_bytes()[20:24], "big")
+    assert height == 3 * 4 * 120
     before = png.read_bytes()
     with pytest.raises(UserError, match="already exists; choose another --png"):
         study.plot(runs, str(png))
