@@ -61,6 +61,7 @@ FIRST_EPSILON = 0.2
 VALIDATION_FRACTION = 0.2
 SCREEN_SEEDS = (0,)
 DECISION_SEEDS = (1, 2)    # with the screen's seed 0: three seeds per decided cell
+ALL_SEEDS = (*SCREEN_SEEDS, *DECISION_SEEDS)
 TEACHER_MARGIN = 5.0       # points of AutoAttack accuracy (docs/study.md)
 SATURATED_CLEAN = 95.0     # clean accuracy (%) from which a student counts as saturated
 METHODS = ("sat", "rslad")
@@ -317,9 +318,8 @@ def replication_runs(out_root: str, rates: dict[float, dict[str, float]]) -> lis
     """Amendment 3: every cell's runs again at all three seeds, eps 0.2's cells first and
     the narrowest first within a radius (the cell that matched the paper's conditions
     leads), at the radii whose grid has chosen its rates."""
-    seeds = (*SCREEN_SEEDS, *DECISION_SEEDS)
     return [run for eps in EPSILONS if eps in rates for width in WIDTHS
-            for run in cell_runs(out_root, rates[eps], eps, width, seeds, REPLICATION)]
+            for run in cell_runs(out_root, rates[eps], eps, width, ALL_SEEDS, REPLICATION)]
 
 
 def _has_best(out_root: str, run: Run) -> bool:
@@ -446,10 +446,17 @@ def _seeds_of(out_root: str, variant: str, width: int, eps: float, which: str,
     rates = chosen_learning_rates(out_root, eps)
     if rates is None:
         return []
-    seeds = (*SCREEN_SEEDS, *DECISION_SEEDS)
     results = [_eval(os.path.join(out_root, run_name(variant, width, eps, seed, rates,
-                                                     stage)), which) for seed in seeds]
+                                                     stage)), which) for seed in ALL_SEEDS]
     return [r for r in results if r is not None]
+
+
+def _cell_aa(out_root: str, width: int, eps: float, which: str,
+             stage: str = SCREEN) -> dict[str, list[float]]:
+    """Each variant's AutoAttack accuracies in one cell of ``stage``, one per evaluated
+    seed of checkpoint ``which``."""
+    return {v: [r["autoattack_acc"] for r in _seeds_of(out_root, v, width, eps, which, stage)]
+            for v in VARIANTS}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -492,8 +499,7 @@ def tables(out_root: str) -> str:
                 if rates else None)
         teacher_cell = f"{_acc(strong, 'autoattack')} / {_acc(weak, 'autoattack')}"
         for width in WIDTHS:
-            aa = {v: [r["autoattack_acc"] for r in _seeds_of(out_root, v, width, eps, "last")]
-                  for v in VARIANTS}
+            aa = _cell_aa(out_root, width, eps, "last")
             clean = [r["clean_acc"] for r in _seeds_of(out_root, "sat", width, eps, "last")]
             match = matches_paper(out_root, eps, width)
             n = "/".join(str(len(aa[v])) for v in VARIANTS)
@@ -532,8 +538,7 @@ def _replication_table(out_root: str) -> list[str]:
         for width in WIDTHS:
             row = [f"{eps:g}", str(width)]
             for which in ("last", "best"):
-                aa = {v: [r["autoattack_acc"] for r in _seeds_of(
-                    out_root, v, width, eps, which, REPLICATION)] for v in VARIANTS}
+                aa = _cell_aa(out_root, width, eps, which, REPLICATION)
                 row += ["/".join(str(len(aa[v])) for v in VARIANTS),
                         *(_spread(aa[v]) for v in VARIANTS),
                         verdict(aa["rslad-strong"], aa["sat"]),
@@ -644,10 +649,10 @@ def _plot_panel(ax, out_root: str, eps: float, stage: str, which: str) -> None:
 
 
 RECORD_FILES = ("config.json", "history.csv", "eval_last.json", "eval_best.json")
-TEACHER_CHECKPOINT = os.path.join("checkpoints", "last.keras")
+LAST_CHECKPOINT = os.path.join("checkpoints", "last.keras")   # what teachers keep
 # The replication keeps both of its students' checkpoints (amendment 3): the first study
 # lost its best ones with the machine that trained them.
-REPLICATION_CHECKPOINTS = (TEACHER_CHECKPOINT, os.path.join("checkpoints", "best.keras"))
+REPLICATION_CHECKPOINTS = (LAST_CHECKPOINT, os.path.join("checkpoints", "best.keras"))
 
 
 def collect(out_root: str, to: str) -> int:
@@ -668,7 +673,7 @@ def collect(out_root: str, to: str) -> int:
         src = os.path.join(out_root, name)
         if not os.path.isfile(os.path.join(src, "config.json")) or _last_row(src) is None:
             continue  # not a run, or one still training: `run` finishes it where it is
-        records = RECORD_FILES + ((TEACHER_CHECKPOINT,) if name in teachers else ())
+        records = RECORD_FILES + ((LAST_CHECKPOINT,) if name in teachers else ())
         if name.startswith(REPLICATION + "-"):
             records += REPLICATION_CHECKPOINTS
         for record in records:
