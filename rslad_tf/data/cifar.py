@@ -162,13 +162,13 @@ def _load_tfds(name: str, split: str, data_dir: str | None, download: bool):
     # TFDS imports TensorFlow on first use: through `quiet`, so that a step which has not
     # started TensorFlow yet (prepare_data) prints none of its start-up lines either.
     quiet.import_tensorflow()
+    with quiet.library_warnings_muted():
+        return _read_tfds(name, split, data_dir, download)
+
+
+def _read_tfds(name: str, split: str, data_dir: str | None, download: bool):
     import tensorflow_datasets as tfds
 
-    with quiet.library_warnings_muted():
-        return _read_tfds(tfds, name, split, data_dir, download)
-
-
-def _read_tfds(tfds, name: str, split: str, data_dir: str | None, download: bool):
     try:
         ds = tfds.load(name, split=split, data_dir=data_dir, download=download,
                        as_supervised=True)
