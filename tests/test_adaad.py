@@ -86,12 +86,13 @@ def test_adaiad_method_switches_to_the_introspective_loss_at_warmup():
     assert abs(_kl_rows(T_NAT / 30.0, S_ADV / 30.0).sum() / B - distill) > 1e-3 * distill
 
 
-def _bn_model(width, seed):
+def _bn_model(width, seed, momentum=0.99):
     """A small CNN with BatchNorm (so a train-mode call would change moving statistics)."""
     keras.utils.set_random_seed(seed)
     return keras.Sequential([
         keras.Input((8, 8, 1)), keras.layers.Conv2D(width, 3, padding="same"),
-        keras.layers.BatchNormalization(), keras.layers.ReLU(), keras.layers.Flatten(),
+        keras.layers.BatchNormalization(momentum=momentum), keras.layers.ReLU(),
+        keras.layers.Flatten(),
         keras.layers.Dense(K)])
 
 
@@ -164,12 +165,7 @@ def test_student_passes_run_clean_then_adversarial_as_the_authors_script(method_
     """The BatchNorm moving statistics after the loss's student passes are those of S(x)
     then S(x'); the other order, which the loss alone cannot tell, leaves others. (A fast
     moving average, momentum 0.5, so that the two orders differ well above rounding.)"""
-    keras.utils.set_random_seed(0)
-    student = keras.Sequential([
-        keras.Input((8, 8, 1)), keras.layers.Conv2D(4, 3, padding="same"),
-        keras.layers.BatchNormalization(momentum=0.5), keras.layers.ReLU(),
-        keras.layers.Flatten(), keras.layers.Dense(K)])
-    teacher = _bn_model(6, 1)
+    student, teacher = _bn_model(4, 0, momentum=0.5), _bn_model(6, 1)
     x = tf.constant(np.random.default_rng(0).random((5, 8, 8, 1), dtype=np.float32))
     method = method_cls(student, teacher, epsilon=0.2, step_size=0.05, attack_steps=2,
                         attack_start="none")
