@@ -3,8 +3,65 @@ the student; nothing is ever accumulated into the model's ``.grad`` (no ``.backw
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+
 import keras
 import torch
+
+# oneDNN's x86 kernel for the weight gradient of a strided 1x1 convolution on a
+# channels-last input writes past its workspace when the input has fewer channels than
+# the kernel's register block (8 on AVX2, 16 on AVX-512; uxlfoundation/oneDNN#6035).
+# Keras' torch backend hands torch convolutions channels-last views, so a ResNet
+# narrower than 16 (its 1x1 stride-2 shortcuts) meets it: with torch 2.13 on this
+# project's AVX2 machine the heap was corrupted (a crash, or a hang in the kernel) within
+# a few steps of a width-4 ResNet-18, and upstream reports wrong weight gradients without
+# a crash on AVX-512. Such a student takes its weight gradient with oneDNN off (PyTorch's
+# own convolution: slower, exact); every other model keeps oneDNN. docs/backends.md.
+_ONEDNN_BLOCK = 16
+_needs_native_conv: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _conv_layers(layer):
+    for sub in getattr(layer, "layers", ()):
+        if isinstance(sub, keras.layers.Conv2D):
+            yield sub
+        yield from _conv_layers(sub)
+
+
+def meets_onednn_strided_pointwise_bug(model) -> bool:
+    """Whether ``model`` has a 1x1 ``Conv2D`` with a stride above 1 on a channels-last
+    input whose channel count is not a multiple of 16: the layers whose weight gradient
+    oneDNN computes wrongly on x86 CPUs (module comment)."""
+    for conv in _conv_layers(model):
+        if (tuple(conv.kernel_size) == (1, 1) and max(conv.strides) > 1
+                and conv.data_format == "channels_last"
+                and conv.kernel.shape[-2] % _ONEDNN_BLOCK):
+            return True
+    return False
+
+
+def _weight_gradient_context(method, values):
+    """Where the student's weight gradient is taken: with oneDNN off on a CPU for a
+    student that `meets_onednn_strided_pointwise_bug`, else as torch chooses."""
+    if not values or values[0].device.type != "cpu":
+        return contextlib.nullcontext()
+    student = method.student
+    if student not in _needs_native_conv:
+        _needs_native_conv[student] = meets_onednn_strided_pointwise_bug(student)
+    return _onednn_off() if _needs_native_conv[student] else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _onednn_off():
+    # Only the switch itself: torch.backends.mkldnn.flags would also reset (and warn about)
+    # its TF32 and determinism settings.
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
 
 
 def input_gradient(fn, x):
@@ -31,7 +88,8 @@ def train_step(method, data):
     terms = method.loss_terms(x, x_adv, y, ctx)
     loss = optimizer.scale_loss(terms["loss"]) if loss_scaling else terms["loss"]
     values = [v.value for v in variables]
-    grads = torch.autograd.grad(loss, values, allow_unused=True)
+    with _weight_gradient_context(method, values):
+        grads = torch.autograd.grad(loss, values, allow_unused=True)
     with torch.no_grad():
         grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, values)]
         scale = optimizer.dynamic_scale.value if loss_scaling else None
