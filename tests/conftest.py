@@ -21,6 +21,22 @@ tf.config.threading.set_intra_op_parallelism_threads(
     1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 
+# The default suite's longest tests (each 30 s to 165 s of a 946 s run of `make test` on
+# the 2-core VM), started first: pytest-xdist hands out the rest one by one as workers
+# free up, so the run no longer ends with one worker idle while the other finishes a long
+# test it picked up late.
+LONG_TESTS = (
+    "test_pipeline.py::test_run_local_tiny_two_methods",
+    "test_backends.py::test_backends_agree_on_rslad",
+    "test_reliability.py::test_two_devices_compute_the_same_update_as_one",
+    "test_speed_paths.py::test_bench_runs_and_writes_json",
+    "test_speed_paths.py::test_mixed_precision_training_with_all_fast_paths",
+)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.nodeid.split("[")[0].endswith(LONG_TESTS))
+
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_session():
