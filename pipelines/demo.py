@@ -14,9 +14,9 @@ paper-style table with the teacher's row: printed here and written to the output
 as report.md, table.json and clean_vs_aa.png (next to all artifacts under pipeline_root/
 and the full log pipeline.log).
 
-The budget is the ``digits`` local preset: its pipeline took 11 minutes on 2 CPU cores
-(README), of which 3 for the teacher's evaluation; ``--quick`` runs the ``digits-tiny``
-smoke test instead.
+The budget is the ``digits`` local preset: its pipeline took 11 minutes on one 2-core
+machine and 31 on another with slower convolutions (README), of which 3 and 14 for the
+teacher's evaluation; ``--quick`` runs the ``digits-tiny`` smoke test instead.
 An output folder that already holds results is never overwritten: the run goes to a new
 timestamped subfolder.
 """
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.demo",
         description="Run the RSLAD Kubeflow pipeline locally on the embedded digits and print "
-                    "the paper-style table (about 11 minutes on 2 CPU cores).")
+                    "the paper-style table (11 to 31 minutes on 2 CPU cores, by CPU).")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help=f"output folder (default {DEFAULT_OUT}; a folder holding results "
                              "gets a new timestamped subfolder)")
