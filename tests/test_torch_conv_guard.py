@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UPDATE_RTOL = 1e-4
 
 _WORKER = r"""
-import json, sys
+import sys
 import numpy as np
 import keras, torch
 from rslad_tf import models

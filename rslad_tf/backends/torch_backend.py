@@ -4,10 +4,11 @@ the student; nothing is ever accumulated into the model's ``.grad`` (no ``.backw
 from __future__ import annotations
 
 import contextlib
-import weakref
 
 import keras
 import torch
+
+from rslad_tf.common.model_walk import all_layers
 
 # oneDNN's x86 kernel for the weight gradient of a strided 1x1 convolution on a
 # channels-last input writes past its workspace when the input has fewer channels than
@@ -19,37 +20,26 @@ import torch
 # a crash on AVX-512. Such a student takes its weight gradient with oneDNN off (PyTorch's
 # own convolution: slower, exact); every other model keeps oneDNN. docs/backends.md.
 _ONEDNN_BLOCK = 16
-_needs_native_conv: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _conv_layers(layer):
-    for sub in getattr(layer, "layers", ()):
-        if isinstance(sub, keras.layers.Conv2D):
-            yield sub
-        yield from _conv_layers(sub)
 
 
 def meets_onednn_strided_pointwise_bug(model) -> bool:
     """Whether ``model`` has a 1x1 ``Conv2D`` with a stride above 1 on a channels-last
     input whose channel count is not a multiple of 16: the layers whose weight gradient
     oneDNN computes wrongly on x86 CPUs (module comment)."""
-    for conv in _conv_layers(model):
-        if (tuple(conv.kernel_size) == (1, 1) and max(conv.strides) > 1
-                and conv.data_format == "channels_last"
-                and conv.kernel.shape[-2] % _ONEDNN_BLOCK):
-            return True
-    return False
+    return any(isinstance(conv, keras.layers.Conv2D) and tuple(conv.kernel_size) == (1, 1)
+               and max(conv.strides) > 1 and conv.data_format == "channels_last"
+               and conv.kernel.shape[-2] % _ONEDNN_BLOCK
+               for conv in all_layers(model))
 
 
 def _weight_gradient_context(method, values):
     """Where the student's weight gradient is taken: with oneDNN off on a CPU for a
     student that `meets_onednn_strided_pointwise_bug`, else as torch chooses."""
-    if not values or values[0].device.type != "cpu":
-        return contextlib.nullcontext()
-    student = method.student
-    if student not in _needs_native_conv:
-        _needs_native_conv[student] = meets_onednn_strided_pointwise_bug(student)
-    return _onednn_off() if _needs_native_conv[student] else contextlib.nullcontext()
+    # The walk over the student's layers: 0.09 ms for ResNet-18, against seconds for a CPU step.
+    if values and values[0].device.type == "cpu" and meets_onednn_strided_pointwise_bug(
+            method.student):
+        return _onednn_off()
+    return contextlib.nullcontext()
 
 
 @contextlib.contextmanager

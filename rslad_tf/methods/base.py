@@ -48,6 +48,7 @@ from keras import ops
 
 from rslad_tf import backends, losses
 from rslad_tf.attacks import pgd_graph
+from rslad_tf.common.model_walk import all_layers
 from rslad_tf.transforms.bn_folding import folded_view
 
 # float16 attack objectives are multiplied by this before the input gradient (the step uses
@@ -71,11 +72,7 @@ class _TrainModeView:
 
 def student_precision(model) -> str:
     """The lowest compute dtype among a model's layers: "float32", "bfloat16" or "float16"."""
-    stack, dtypes = [model], set()
-    while stack:
-        layer = stack.pop()
-        dtypes.add(str(getattr(layer, "compute_dtype", "float32")))
-        stack.extend(getattr(layer, "layers", []) or [])
+    dtypes = {str(getattr(layer, "compute_dtype", "float32")) for layer in all_layers(model)}
     for low in ("float16", "bfloat16"):
         if low in dtypes:
             return low

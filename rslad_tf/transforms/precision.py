@@ -4,6 +4,7 @@ under-estimate robustness (docs/paper.md section 6), so every attack runs on flo
 from __future__ import annotations
 
 from rslad_tf.common.errors import UserError
+from rslad_tf.common.model_walk import all_layers
 
 
 def _replace_dtype_policies(obj):
@@ -23,21 +24,12 @@ def _replace_dtype_policies(obj):
     return obj
 
 
-def _all_layers(model):
-    stack, seen = [model], []
-    while stack:
-        layer = stack.pop()
-        seen.append(layer)
-        stack.extend(getattr(layer, "layers", []) or [])
-    return seen
-
-
 def ensure_float32(model):
     """``model`` itself if every layer computes in float32, else a float32 copy with the
     same weights (attacks under float16/bfloat16 under-estimate robustness, docs/paper.md
     section 6)."""
     if all(str(getattr(layer, "compute_dtype", "float32")) == "float32"
-           for layer in _all_layers(model)):
+           for layer in all_layers(model)):
         return model
     config = _replace_dtype_policies(model.get_config())
     try:
