@@ -43,6 +43,8 @@ def test_explicit_fields_are_not_scaled():
                           "--set", "method_kwargs.warmup_epochs=3"])
     assert config.lr_milestones == (10, 15) and config.method_kwargs["warmup_epochs"] == 3
     assert config.eval_every == 2  # not given: scaled (20 of 200)
+    last_only = presets.get("digits-sat").replace(eval_every=0)
+    assert overrides.scale_epochs(last_only, 50).eval_every == 0  # the last epoch only
 
 
 def test_set_parses_values_and_dotted_keys():

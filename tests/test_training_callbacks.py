@@ -33,6 +33,13 @@ def test_selection_epochs_follow_the_reference_schedule():
     assert chosen == [17, 34, 51, 68] + list(range(75, 101))
 
 
+def test_eval_every_zero_selects_on_the_last_epoch_only():
+    config = presets.get("digits-sat").replace(eval_every=0)
+    assert [e + 1 for e in range(config.epochs) if is_eval_epoch(config, e)] == [100]
+    with pytest.raises(presets.PresetError, match="eval_every must be 0 .* got -1"):
+        config.replace(eval_every=-1).validate()
+
+
 class _RecordedState:
     path = "run/checkpoints/state.npz"
 

@@ -183,7 +183,7 @@ def scale_epochs(config: TrainConfig, epochs: int, keep=()) -> TrainConfig:
     changes = {"epochs": epochs}
     if "lr_milestones" not in keep:
         changes["lr_milestones"] = tuple(scale(m) for m in config.lr_milestones)
-    if "eval_every" not in keep:
+    if "eval_every" not in keep and config.eval_every:  # 0 (last epoch only) stays 0
         changes["eval_every"] = scale(config.eval_every)
     method_kwargs = dict(config.method_kwargs)
     for name in EPOCH_METHOD_KWARGS:

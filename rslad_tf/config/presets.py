@@ -107,7 +107,8 @@ class TrainConfig:
     attack_steps: int = 10
     # Checkpoint selection as in the RSLAD reference: PGD-20 (CE, uniform start, step
     # 0.003 at 8/255) on the test set every `eval_every` epochs before the first LR
-    # milestone and every epoch after it.
+    # milestone and every epoch after it; 0: on the last epoch only (best = last), for runs
+    # that keep the last checkpoint. It never changes the training itself.
     eval_every: int = 20
     eval_pgd_steps: int = 20
     eval_n_examples: int | None = None
@@ -136,6 +137,9 @@ class TrainConfig:
             raise PresetError(f"epsilon must be in (0, 1], got {self.epsilon}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise PresetError(f"--max-steps must be a positive integer, got {self.max_steps}")
+        if self.eval_every < 0:
+            raise PresetError(f"eval_every must be 0 (the last epoch only) or positive, got "
+                              f"{self.eval_every}")
         if self.eval_n_examples is not None and self.eval_n_examples <= 0:
             raise PresetError(f"eval_n_examples must be positive, got {self.eval_n_examples}")
         if not 0.0 <= self.validation_fraction < 1.0:

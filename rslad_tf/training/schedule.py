@@ -14,7 +14,10 @@ def learning_rate(config: presets.TrainConfig, epoch: int) -> float:
 
 def is_eval_epoch(config: presets.TrainConfig, epoch: int) -> bool:
     """The reference's selection schedule: every `eval_every` epochs before the first LR
-    milestone, every epoch from it on, and always the last epoch."""
+    milestone, every epoch from it on, and always the last epoch (only the last one when
+    `eval_every` is 0)."""
+    if config.eval_every == 0:
+        return epoch + 1 == config.epochs
     first_milestone = min(config.lr_milestones) if config.lr_milestones else config.epochs
     return (epoch + 1 >= first_milestone or (epoch + 1) % config.eval_every == 0
             or epoch + 1 == config.epochs)
