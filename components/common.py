@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 from rslad_tf.common import vocabulary
@@ -46,6 +47,7 @@ RUN_SUBDIR = "run"
 
 # The attacks of the two evaluation steps (`rslad_tf.common.vocabulary`'s columns).
 WHITEBOX_ATTACKS = vocabulary.WHITE_BOX_SUITE
+HTTP_TIMEOUT_S = 60
 BLACKBOX_ATTACKS = vocabulary.BLACK_BOX_COLUMNS
 
 
@@ -286,3 +288,44 @@ def report_device(device_type: str, device_count: int, log=print) -> None:
             log("warning: no GPU visible to TensorFlow: running on CPU")
     elif gpus:
         log(f"TensorFlow sees {len(gpus)} GPU(s)")
+
+
+def fetch(uri: str, target: str, what: str) -> None:
+    """Copy the file at ``uri`` (a local path, ``file://``, ``http(s)://``, or any scheme
+    TensorFlow's file system reads, e.g. ``gs://``) to ``target``; ``what`` names it in the
+    one-line errors."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" not in uri:
+        if not os.path.isfile(uri):
+            raise UserError(f"{what} file {uri!r} does not exist")
+        shutil.copyfile(uri, target)
+        return
+    if uri.startswith(("http://", "https://")):
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_S) as response, \
+                    open(target, "wb") as f:
+                shutil.copyfileobj(response, f)
+        except OSError as exc:
+            raise UserError(f"cannot download {what} {uri}: {exc}") from None
+        return
+    import tensorflow as tf
+
+    try:
+        tf.io.gfile.copy(uri, target, overwrite=True)
+    except (tf.errors.OpError, NotImplementedError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"cannot read {what} {uri}: {first}") from None
+
+
+def normalise_sha256(expected: str, what: str = "expected_sha256") -> str | None:
+    """A SHA-256 hex digest in lower case, None for an empty one; a one-line error naming
+    ``what`` for anything else."""
+    expected = (expected or "").strip().lower()
+    if not expected:
+        return None
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise UserError(f"{what} {expected!r} is not a SHA-256 hex digest (64 hex digits)")
+    return expected

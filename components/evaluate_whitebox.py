@@ -14,6 +14,7 @@ def evaluate_whitebox_fn(dataset_dir: str, model_dir: str, out_file: str, *,
                          attacks: str = DEFAULT_ATTACKS, n_examples: int = 0,
                          epsilon: float = 0.0, batch_size: int = 256, seed: int = 0,
                          autoattack_options: str = "", autoattack_impl: str = "",
+                         recorded_autoattack: str = "", recorded_autoattack_sha256: str = "",
                          log=print) -> dict:
     """Evaluate the model of ``model_dir``; writes and returns the eval JSON.
 
@@ -22,7 +23,11 @@ def evaluate_whitebox_fn(dataset_dir: str, model_dir: str, out_file: str, *,
     ``autoattack_options``: JSON overrides of the reference AutoAttack settings, for smoke
     tests ("" = the standard version); the eval JSON records them. ``autoattack_impl``:
     "native" (TensorFlow, in this process) or "reference" (pyautoattack under Keras' torch
-    backend); "" = the evaluation suite's default.
+    backend); "" = the evaluation suite's default. ``recorded_autoattack``: the URI of an
+    eval JSON recorded for this same model file (e.g. with ``python -m rslad_tf.evaluate``),
+    pinned by ``recorded_autoattack_sha256`` when given: its AutoAttack column is taken
+    instead of running AutoAttack when it applies (`rslad_tf.evaluation.recorded`: same
+    file, same settings, the other columns measured now agree with it); "" = run it.
     """
     from components.evaluation import run_evaluation
 
@@ -30,7 +35,9 @@ def evaluate_whitebox_fn(dataset_dir: str, model_dir: str, out_file: str, *,
                           allowed=WHITEBOX_ATTACKS, n_examples=n_examples, epsilon=epsilon,
                           batch_size=batch_size, seed=seed,
                           reference_options=autoattack_options,
-                          autoattack_impl=autoattack_impl, log=log)
+                          autoattack_impl=autoattack_impl,
+                          recorded_autoattack=recorded_autoattack,
+                          recorded_autoattack_sha256=recorded_autoattack_sha256, log=log)
 
 
 @component
@@ -39,6 +46,7 @@ def evaluate_whitebox(data: Input[Dataset], model: Input[Model], results: Output
                       attacks: str = "clean,fgsm,pgd_sat,pgd_trades,cw_inf,autoattack",
                       n_examples: int = 0, epsilon: float = 0.0, batch_size: int = 256,
                       seed: int = 0, autoattack_options: str = "", autoattack_impl: str = "",
+                      recorded_autoattack: str = "", recorded_autoattack_sha256: str = "",
                       device_type: str = "", device_count: int = 0):
     """White-box robustness of one model: eval JSON + Metrics."""
     from components.common import configure_runtime, report_device
@@ -53,5 +61,7 @@ def evaluate_whitebox(data: Input[Dataset], model: Input[Model], results: Output
                                   n_examples=n_examples, epsilon=epsilon,
                                   batch_size=batch_size, seed=seed,
                                   autoattack_options=autoattack_options,
-                                  autoattack_impl=autoattack_impl)
+                                  autoattack_impl=autoattack_impl,
+                                  recorded_autoattack=recorded_autoattack,
+                                  recorded_autoattack_sha256=recorded_autoattack_sha256)
     publish(result, results, metrics, "whitebox")

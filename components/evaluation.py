@@ -4,6 +4,7 @@ Model artifact, the eval JSON written to the output artifact."""
 from __future__ import annotations
 
 import json
+import os
 
 from components.common import check_model_fits, parse_list, read_dataset, tagged
 from components.training import load_model_artifact
@@ -40,7 +41,13 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
                    allowed, surrogate_dir: str = "", n_examples: int = 0,
                    epsilon: float = 0.0, batch_size: int = 256, seed: int = 0,
                    reference_options: str = "", options_name: str = "autoattack_options",
-                   autoattack_impl: str = "", log=print) -> dict:
+                   autoattack_impl: str = "", recorded_autoattack: str = "",
+                   recorded_autoattack_sha256: str = "", log=print) -> dict:
+    """Evaluate the Model artifact of ``model_dir`` with the attacks ``attacks`` and write
+    the eval JSON to ``out_file``. ``recorded_autoattack``: the URI of an eval JSON of the
+    same model file whose AutoAttack column this run may take instead of running it
+    (`rslad_tf.evaluation.recorded` says when it applies; else AutoAttack runs), pinned
+    by ``recorded_autoattack_sha256`` when given."""
     from rslad_tf.common import fileio
 
     names = parse_list(attacks, allowed, "attack")
@@ -71,19 +78,38 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
         if surrogate_info.get("sha256") and surrogate_info.get("sha256") == info.get("sha256"):
             raise UserError("the surrogate is the evaluated model itself: a transfer attack "
                             "needs a separately trained model")
+    record = None
+    if (recorded_autoattack or "").strip() and "autoattack" in names:
+        record, record_sha256 = fetch_record(recorded_autoattack, recorded_autoattack_sha256)
     from rslad_tf.evaluation.suite import evaluate
 
     log = tagged(log, info.get("method") or info.get("role") or "model")
     extra = {"autoattack_options": options} if options else {}
     if autoattack_impl:
         extra["autoattack"] = autoattack_impl
-    result = evaluate(keras_path, dataset=manifest["dataset"], data_dir=manifest.get("data_dir"),
-                      attacks=names, n_examples=int(n_examples) or None,
-                      batch_size=int(batch_size), eps=float(epsilon) or None, seed=int(seed),
-                      surrogate=surrogate_path, method=info.get("method"),
-                      model_name=info.get("model_name"), checkpoint=info.get("checkpoint"),
-                      log=log, **extra)
-    result = dict(result)
+    common = dict(dataset=manifest["dataset"], data_dir=manifest.get("data_dir"),
+                  n_examples=int(n_examples) or None, batch_size=int(batch_size),
+                  eps=float(epsilon) or None, seed=int(seed), method=info.get("method"),
+                  model_name=info.get("model_name"), checkpoint=info.get("checkpoint"),
+                  log=log, **extra)
+    live_names = [n for n in names if n != "autoattack"] if record is not None else names
+    result = dict(evaluate(keras_path, attacks=live_names, surrogate=surrogate_path,
+                           **common))
+    if record is not None:
+        from rslad_tf.evaluation import recorded
+
+        why_not = recorded.mismatch(record, result, model_sha256=info.get("sha256"),
+                                    eps=result["eps"], options=options)
+        if why_not is None:
+            result = recorded.merge(result, record, source=recorded_autoattack.strip(),
+                                    record_sha256=record_sha256)
+            log(f"  {'AA':<16} {result['autoattack_acc']:6.2f}%   (recorded: "
+                f"{recorded_autoattack.strip()}; the other columns agree with it)")
+        else:
+            log(f"  the recorded AutoAttack result does not apply: {why_not}; running it")
+            measured = evaluate(keras_path, attacks=["autoattack"], sanity_checks=False,
+                                **common)
+            result = _with_column(result, measured, "autoattack")
     result["model_sha256"] = info.get("sha256")
     result.update(run_identity(info))
     if surrogate_path:
@@ -91,6 +117,42 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
         result["surrogate_sha256"] = surrogate_info.get("sha256")
     fileio.write_json(out_file, result)
     return result
+
+
+def fetch_record(uri: str, expected_sha256: str = "") -> tuple[dict, str]:
+    """(the eval JSON at ``uri``, its SHA-256), checked against ``expected_sha256`` when
+    one is given; one-line errors for a missing, altered or unreadable record."""
+    import tempfile
+
+    from rslad_tf.common import fileio
+    from rslad_tf.evaluation import recorded
+
+    from components.common import fetch, normalise_sha256
+
+    expected = normalise_sha256(expected_sha256, "recorded_autoattack_sha256")
+    with tempfile.TemporaryDirectory(prefix="rslad_tf-record-") as tmp:
+        local = os.path.join(tmp, "record.json")
+        fetch(uri.strip(), local, "recorded evaluation")
+        digest = fileio.sha256(local)
+        if expected and digest != expected:
+            raise UserError(f"recorded evaluation {uri.strip()!r} has SHA-256 {digest}, not "
+                            f"the expected {expected}: it changed since it was pinned")
+        return recorded.load(local), digest
+
+
+def _with_column(result: dict, measured: dict, key: str) -> dict:
+    """``result`` with column ``key`` (accuracy, settings, seconds, per-attack) of the
+    eval JSON ``measured``."""
+    from rslad_tf.common import vocabulary
+
+    out = dict(result)
+    json_key = vocabulary.COLUMNS_BY_KEY[key].json_key
+    out[json_key] = measured[json_key]
+    for name in ("attacks", "seconds"):
+        out[name] = dict(out.get(name) or {}, **{key: measured[name][key]})
+    if measured.get("autoattack_per_attack") is not None:
+        out["autoattack_per_attack"] = measured["autoattack_per_attack"]
+    return out
 
 
 def run_identity(info: dict) -> dict:

@@ -11,54 +11,13 @@ PyTorch checkpoints are not loaded here: convert them first with
 
 # No `from __future__ import annotations`: kfp reads the wrapper's annotations as types.
 import os
-import re
-import shutil
 
 from kfp.dsl import Dataset, Input, Model, Output
 
 from components.common import component
 from rslad_tf.common.errors import UserError
 
-HTTP_TIMEOUT_S = 60
 INCOMING_FILE = "incoming.keras"
-
-
-def _fetch(uri: str, target: str) -> None:
-    """Copy the file at ``uri`` to ``target``."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://"):]
-    if "://" not in uri:
-        if not os.path.isfile(uri):
-            raise UserError(f"teacher file {uri!r} does not exist")
-        shutil.copyfile(uri, target)
-        return
-    if uri.startswith(("http://", "https://")):
-        import urllib.request
-
-        try:
-            with urllib.request.urlopen(uri, timeout=HTTP_TIMEOUT_S) as response, \
-                    open(target, "wb") as f:
-                shutil.copyfileobj(response, f)
-        except OSError as exc:
-            raise UserError(f"cannot download teacher {uri}: {exc}") from None
-        return
-    import tensorflow as tf
-
-    try:
-        tf.io.gfile.copy(uri, target, overwrite=True)
-    except (tf.errors.OpError, NotImplementedError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"cannot read teacher {uri}: {first}") from None
-
-
-def normalise_sha256(expected: str) -> str | None:
-    expected = (expected or "").strip().lower()
-    if not expected:
-        return None
-    if not re.fullmatch(r"[0-9a-f]{64}", expected):
-        raise UserError(f"expected_sha256 {expected!r} is not a SHA-256 hex digest "
-                        "(64 hex digits)")
-    return expected
 
 
 def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
@@ -71,8 +30,9 @@ def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
     from rslad_tf.common import fileio
     from rslad_tf.methods import saving
 
-    from components.common import (check_model_fits, ensure_empty_dir, model_file,
-                                   model_info, read_dataset, write_model_artifact)
+    from components.common import (check_model_fits, ensure_empty_dir, fetch, model_file,
+                                   model_info, normalise_sha256, read_dataset,
+                                   write_model_artifact)
 
     expected = normalise_sha256(expected_sha256)
     uri = (uri or "").strip()
@@ -90,7 +50,7 @@ def import_teacher_fn(dataset_dir: str, out_dir: str, *, uri: str = "",
         # Keras reads only files named *.keras; renamed to model.keras once checked.
         local = os.path.join(out_dir, INCOMING_FILE)
         log(f"fetching teacher {uri}")
-        _fetch(uri, local)
+        fetch(uri, local, "teacher")
     else:
         local = model_file(trained_dir, "trained teacher")
         source = local

@@ -90,6 +90,27 @@ def teacher_row(teacher_file: str) -> dict:
     return dict(result, method=f"{TEACHER} ({result.get('method') or '?'})", role=TEACHER)
 
 
+def recorded_note(result: dict) -> str:
+    """The report's line for an eval whose columns were taken from a record
+    (`rslad_tf.evaluation.recorded`): which, from where, and what was checked."""
+    parts = []
+    for key, rec in sorted(result["recorded"].items()):
+        label = vocabulary.COLUMNS_BY_KEY[key].label if key in vocabulary.COLUMNS_BY_KEY else key
+        source = str(rec.get("source") or "?")
+        if "://" not in source:
+            source = os.path.basename(source)
+        digest = str(rec.get("record_sha256") or "")
+        seconds = rec.get("seconds")
+        parts.append(
+            f"{label} from the record {source}"
+            + (f" (SHA-256 {digest[:12]}...)" if digest else "")
+            + (f", which took {seconds / 60:.0f} min to measure" if seconds else "")
+            + "; made on this very model file, with these settings; the other "
+            f"{len(rec.get('checked') or {})} columns, measured in this run, agree with it "
+            f"within {rec.get('tolerance_points')} test point each")
+    return f"- {result.get('method')} ({result.get('model')}): " + "; ".join(parts)
+
+
 def _load_artifact_evals(path: str) -> list[dict]:
     """The list of artifact eval JSONs an export_student step wrote (empty when it
     exported nothing)."""
@@ -123,8 +144,9 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
                         [_load_eval(p) for p in blackbox_files])
     evals += [ev for p in artifact_files for ev in _load_artifact_evals(p)]
     rows = report.build_table(evals)
-    if teacher_file:
-        teacher = report.build_table([teacher_row(teacher_file)])
+    teacher_eval = teacher_row(teacher_file) if teacher_file else None
+    if teacher_eval is not None:
+        teacher = report.build_table([teacher_eval])
         for row in teacher:
             row["role"] = TEACHER
         rows = teacher + rows
@@ -169,6 +191,8 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
                         f"{', '.join(grid) or '(preset)'}. Each row is one method and cell: "
                         "mean ± sample standard deviation over its seeds (Runs); every run "
                         "is listed under the table")
+    settings += [recorded_note(e) for e in ([teacher_eval] if teacher_eval else []) + evals
+                 if e.get("recorded")]
     settings.append("- accuracies in percent; AA = AutoAttack (APGD-CE, APGD-T, FAB-T, "
                     "Square)")
     if any(e.get("artifact_format") for e in evals):

@@ -105,6 +105,8 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         student_model: str = "",
         teacher_uri: str = "",
         teacher_sha256: str = "",
+        teacher_autoattack_record: str = "",
+        teacher_autoattack_record_sha256: str = "",
         teacher_method: str = "trades",
         teacher_model: str = "",
         surrogate_model: str = "",
@@ -140,6 +142,11 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         for smoke tests and time budgets ("" = the paper's settings; the report says when
         they were changed). ``autoattack_impl``: "native" (the toolkit's TensorFlow
         AutoAttack and Square) or "reference" (pyautoattack); "" = the suite's default.
+        ``teacher_autoattack_record``: the URI of an eval JSON recorded for the teacher file
+        itself (``python -m rslad_tf.evaluate TEACHER --out FILE``), pinned by
+        ``teacher_autoattack_record_sha256`` when given: the teacher's AutoAttack column
+        comes from it when it applies (same file, same settings, the teacher's other
+        columns, measured in this run, agree with it); "" = run AutoAttack on the teacher.
         ``export_formats``: comma-separated artifacts to export and evaluate per student
         (saved_model, litert, litert-int8, onnx; docs/export.md); "" = none. Sweeps
         (docs/pipeline.md): ``seeds`` the students' training seeds ([] = ``seed``),
@@ -224,10 +231,11 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
             exported.set_display_name("export-student").set_caching_options(True)
 
         # The teacher's white-box row heads the table (the paper reports its teacher too).
-        teacher_eval = c.evaluate_whitebox(data=data.outputs["data"],
-                                           model=teacher.outputs["teacher"],
-                                           attacks=whitebox_attacks,
-                                           autoattack_options=autoattack_options, **eval_args)
+        teacher_eval = c.evaluate_whitebox(
+            data=data.outputs["data"], model=teacher.outputs["teacher"],
+            attacks=whitebox_attacks, autoattack_options=autoattack_options,
+            recorded_autoattack=teacher_autoattack_record,
+            recorded_autoattack_sha256=teacher_autoattack_record_sha256, **eval_args)
         alone(accelerate(teacher_eval.set_display_name("evaluate-teacher"), cache=True))
         report = c.make_report(whitebox=dsl.Collected(whitebox.outputs["results"]),
                                blackbox=dsl.Collected(blackbox.outputs["results"]),
@@ -298,6 +306,14 @@ SHIPPED_DIGITS_TEACHER = os.path.join(REPO_ROOT, "docs", "study_runs", "teacher-
                                       "checkpoints", "last.keras")
 SHIPPED_DIGITS_TEACHER_SHA256 = (
     "f2339e8fe0d75dfdde4b85bf9dcec26c4087d707ed97a109a3474d93fd0d40d7")
+# Its white-box evaluation on the 450 test points, recorded by the command in
+# docs/pipeline.md ("A recorded AutoAttack for the teacher"): the demo measures the
+# teacher's five cheap columns and takes AutoAttack, 13 of the demo's minutes on the
+# project's 2-core VM, from this record when they agree with it
+# (`rslad_tf.evaluation.recorded`). `python -m pipelines.demo --evaluate-teacher` runs it.
+SHIPPED_DIGITS_TEACHER_EVAL = os.path.join(REPO_ROOT, "docs", "demo_teacher_eval.json")
+SHIPPED_DIGITS_TEACHER_EVAL_SHA256 = (
+    "79014270fbc20bda552f48a9c74d0750febde44b2f3b97e5a158b31eda65ceb1")
 # The demo's surrogate (SAT, small_cnn width 32, for the transfer attacks only) trains 30 of
 # the presets' 100 epochs: the black-box columns need a robust surrogate, not a converged
 # one, and the demo's 15 minutes do not hold a fourth hundred-epoch run.
@@ -312,6 +328,8 @@ LOCAL_PRESETS = {
     # faster on CPU than the reference code under the torch backend.
     "digits": dict(dataset="digits", teacher_uri=SHIPPED_DIGITS_TEACHER,
                    teacher_sha256=SHIPPED_DIGITS_TEACHER_SHA256,
+                   teacher_autoattack_record=SHIPPED_DIGITS_TEACHER_EVAL,
+                   teacher_autoattack_record_sha256=SHIPPED_DIGITS_TEACHER_EVAL_SHA256,
                    teacher_method=presets.DIGITS_TEACHER_METHOD,
                    surrogate_epochs=DEMO_SURROGATE_EPOCHS, checkpoint="last",
                    select_n_examples=200, eval_n_examples=450, autoattack_impl="native"),

@@ -28,6 +28,8 @@ from rslad_tf.common.errors import UserError
 
 TINY = dict(model="small_cnn:width=4", epochs=1, max_steps=1, attack_steps=1,
             eval_n_examples=16)
+# A few iterations and queries of every AutoAttack attack (not the standard version).
+SMOKE_AA = '{"n_iter": 2, "n_restarts": 1, "n_target_classes": 1, "n_queries": 5}'
 
 
 def quiet(*_args, **_kwargs):
@@ -234,6 +236,42 @@ def test_the_demo_imports_the_shipped_teacher_pinned_by_its_sha256(tmp_path, dat
                           expected_sha256=digest, log=quiet)
 
 
+def test_the_demo_takes_the_shipped_teacher_autoattack_from_its_pinned_record(tmp_path,
+                                                                              data_dir):
+    """The demo's evaluate-teacher step, as the `digits` preset runs it: the shipped record
+    is pinned, names the shipped teacher's file, repeats the study's evaluation of it
+    (docs/study_runs/.../eval_last.json, the same six numbers), and applies: the five
+    columns measured now agree with it, and AutoAttack is taken from it, not run."""
+    from pipelines import rslad_pipeline as rp
+    from rslad_tf.common import fileio
+
+    demo = rp.LOCAL_PRESETS["digits"]
+    record_path = demo["teacher_autoattack_record"]
+    assert fileio.sha256(record_path) == demo["teacher_autoattack_record_sha256"]
+    with open(record_path) as f:
+        record = json.load(f)
+    assert record["model_sha256"] == rp.SHIPPED_DIGITS_TEACHER_SHA256
+    study = os.path.join(os.path.dirname(os.path.dirname(rp.SHIPPED_DIGITS_TEACHER)),
+                         "eval_last.json")
+    with open(study) as f:
+        study = json.load(f)
+    columns = [k for k in study if k.endswith("_acc")]
+    assert len(columns) == 6
+    assert {k: record[k] for k in columns} == {k: study[k] for k in columns}
+
+    teacher_dir = str(tmp_path / "teacher")
+    import_teacher_fn(data_dir, teacher_dir, uri=demo["teacher_uri"],
+                      expected_sha256=demo["teacher_sha256"],
+                      method=demo["teacher_method"], log=quiet)
+    result = evaluate_whitebox_fn(
+        data_dir, teacher_dir, str(tmp_path / "r"), n_examples=demo["eval_n_examples"],
+        autoattack_impl=demo["autoattack_impl"], recorded_autoattack=record_path,
+        recorded_autoattack_sha256=demo["teacher_autoattack_record_sha256"], log=quiet)
+    assert result["recorded"]["autoattack"]["source"] == record_path
+    assert result["autoattack_acc"] == record["autoattack_acc"]
+    assert "autoattack" not in result["seconds"]
+
+
 def test_import_teacher_refuses_a_mismatched_sha256(tmp_path, data_dir, trained_dir):
     source = os.path.join(trained_dir, MODEL_FILE)
     out = tmp_path / "imported"
@@ -355,12 +393,53 @@ def test_evaluate_whitebox_autoattack_settings_reach_the_suite(tmp_path, data_di
     """The implementation and the (smoke-test) overrides are passed on and recorded."""
     result = evaluate_whitebox_fn(
         data_dir, student_dir, str(tmp_path / "r"), attacks="autoattack", n_examples=8,
-        autoattack_impl="native", log=quiet,
-        autoattack_options='{"n_iter": 2, "n_restarts": 1, "n_target_classes": 1, '
-                           '"n_queries": 5}')
+        autoattack_impl="native", log=quiet, autoattack_options=SMOKE_AA)
     assert result["autoattack_impl"] == "native"
     assert result["attacks"]["autoattack"]["standard"] is False
     assert 0 <= result["autoattack_acc"] <= 100
+
+
+def test_evaluate_whitebox_takes_a_recorded_autoattack_only_when_it_applies(
+        tmp_path, data_dir, student_dir, teacher_dir):
+    """A record of this very file with these settings supplies AutoAttack (not run: no
+    seconds for it) once the columns measured now agree with it; a record pinned by
+    another SHA-256 is refused in one line; a record of another model is not used:
+    AutoAttack runs, and gives what a run without any record gives."""
+    from rslad_tf.common import fileio
+
+    settings = dict(attacks="clean,fgsm,autoattack", n_examples=8, autoattack_impl="native",
+                    autoattack_options=SMOKE_AA)
+    record = str(tmp_path / "record.json")
+    made = evaluate_whitebox_fn(data_dir, student_dir, record, log=quiet, **settings)
+    assert made["model_sha256"] == _info(student_dir)["sha256"]
+    lines = []
+    reused = evaluate_whitebox_fn(data_dir, student_dir, str(tmp_path / "r1"),
+                                  recorded_autoattack=record,
+                                  recorded_autoattack_sha256=fileio.sha256(record),
+                                  log=lines.append, **settings)
+    assert reused["autoattack_acc"] == made["autoattack_acc"]
+    assert "autoattack" not in reused["seconds"] and "fgsm" in reused["seconds"]
+    assert reused["recorded"]["autoattack"]["source"] == record
+    assert any("recorded: " in line for line in lines)
+
+    with pytest.raises(UserError, match="changed since it was pinned"):
+        evaluate_whitebox_fn(data_dir, student_dir, str(tmp_path / "r2"),
+                             recorded_autoattack=record,
+                             recorded_autoattack_sha256="0" * 64, log=quiet, **settings)
+    with pytest.raises(UserError, match="recorded evaluation file .* does not exist"):
+        evaluate_whitebox_fn(data_dir, student_dir, str(tmp_path / "r3"),
+                             recorded_autoattack=str(tmp_path / "missing.json"), log=quiet,
+                             **settings)
+
+    lines = []
+    other = evaluate_whitebox_fn(data_dir, teacher_dir, str(tmp_path / "r4"),
+                                 recorded_autoattack=record, log=lines.append, **settings)
+    assert "recorded" not in other and "autoattack" in other["seconds"]
+    assert any("does not apply: it was made on another file" in line for line in lines)
+    plain = evaluate_whitebox_fn(data_dir, teacher_dir, str(tmp_path / "r5"), log=quiet,
+                                 **settings)
+    assert other["autoattack_acc"] == plain["autoattack_acc"]
+    assert other["autoattack_per_attack"] == plain["autoattack_per_attack"]
 
 
 def test_evaluate_blackbox_transfer(tmp_path, data_dir, student_dir, surrogate_dir):
@@ -446,6 +525,29 @@ def test_make_report(tmp_path):
         assert row["n_runs"] == 1  # white- and black-box results of a model make one row
         assert len(row["columns"]) == 9
         assert all(stats["mean"] == 10.0 * i + 1 for stats in row["columns"].values())
+
+
+def test_make_report_says_which_teacher_column_was_recorded(tmp_path):
+    white = tmp_path / "w.json"
+    white.write_text(json.dumps(_eval("rslad", clean_acc=90.0, autoattack_acc=50.0)))
+    teacher = tmp_path / "teacher.json"
+    teacher.write_text(json.dumps(_eval(
+        "sat", clean_acc=99.3, fgsm_acc=85.6, autoattack_acc=73.1,
+        recorded={"autoattack": {"source": "/repo/docs/demo_teacher_eval.json",
+                                 "record_sha256": "ab" * 32, "seconds": 782.5,
+                                 "checked": {"clean": {}, "fgsm": {}},
+                                 "tolerance_points": 1}})))
+    out = [str(tmp_path / n) for n in ("r", "t", "p")]
+    rows = make_report_fn([str(white)], [], *out, teacher_file=str(teacher), log=quiet)
+    assert rows[0]["method"] == "teacher (sat)"
+    text = open(out[0]).read()
+    assert ("- teacher (sat) (small_cnn(width=16)): AA from the record demo_teacher_eval.json "
+            "(SHA-256 abababababab...), which took 13 min to measure; made on this very "
+            "model file, with these settings; the other 2 columns, measured in this run, "
+            "agree with it within 1 test point each") in text
+    plain = [str(tmp_path / n) for n in ("r2", "t2", "p2")]
+    make_report_fn([str(white)], [], *plain, log=quiet)
+    assert "record" not in open(plain[0]).read()
 
 
 def test_make_report_without_autoattack_still_plots(tmp_path):

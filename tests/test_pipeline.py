@@ -80,7 +80,9 @@ def test_compiled_pipeline_fans_out_over_methods_and_collects(compiled):
     typed = {"dataset": "STRING", "student_model": "STRING", "teacher_uri": "STRING",
              "epochs": "NUMBER_INTEGER", "epsilon": "NUMBER_DOUBLE", "attack_steps":
              "NUMBER_INTEGER", "max_steps": "NUMBER_INTEGER", "accelerator_type": "STRING",
-             "accelerator_count": "NUMBER_INTEGER", "teacher_sha256": "STRING"}
+             "accelerator_count": "NUMBER_INTEGER", "teacher_sha256": "STRING",
+             "teacher_autoattack_record": "STRING",
+             "teacher_autoattack_record_sha256": "STRING"}
     for name, kind in typed.items():
         assert params[name]["parameterType"] == kind, name
 
@@ -400,7 +402,9 @@ def test_demo_never_overwrites_results(tmp_path):
 
 def test_demo_train_teacher_drops_the_shipped_teacher(tmp_path, monkeypatch, capsys):
     """``--train-teacher`` runs the same parameters without the shipped teacher (so the
-    pipeline trains ``digits-teacher``); without it the demo passes the pinned file."""
+    pipeline trains ``digits-teacher``) or its recorded AutoAttack; ``--evaluate-teacher``
+    keeps the teacher and drops the record; without either the demo passes both pinned
+    files."""
     from pipelines import demo
 
     seen = []
@@ -416,10 +420,15 @@ def test_demo_train_teacher_drops_the_shipped_teacher(tmp_path, monkeypatch, cap
     monkeypatch.setattr(demo, "_pipeline", lambda: (rp.LOCAL_PRESETS, fake_run_local))
     demo.main(["--out", str(tmp_path / "a")])
     demo.main(["--out", str(tmp_path / "b"), "--train-teacher"])
-    shipped, trained = seen
+    demo.main(["--out", str(tmp_path / "c"), "--evaluate-teacher"])
+    shipped, trained, evaluated = seen
     assert shipped["teacher_uri"] == rp.SHIPPED_DIGITS_TEACHER
     assert shipped["teacher_sha256"] == rp.SHIPPED_DIGITS_TEACHER_SHA256
+    assert shipped["teacher_autoattack_record"] == rp.SHIPPED_DIGITS_TEACHER_EVAL
+    assert shipped["teacher_autoattack_record_sha256"] == rp.SHIPPED_DIGITS_TEACHER_EVAL_SHA256
     assert "teacher_uri" not in trained and "teacher_sha256" not in trained
+    assert not any(k.startswith("teacher_autoattack") for k in {**trained, **evaluated})
+    assert evaluated["teacher_uri"] == rp.SHIPPED_DIGITS_TEACHER
     assert {k: v for k, v in shipped.items() if not k.startswith("teacher_")} == \
         {k: v for k, v in trained.items() if not k.startswith("teacher_")}
     assert trained["teacher_method"] == "sat"

@@ -19,7 +19,7 @@ SCHEMA_VERSION = 1
 # What even a hand-made eval JSON must say (the report groups rows by them).
 REQUIRED = ("dataset", "model")
 # Keys written only when they hold something.
-_OPTIONAL = ("autoattack_per_attack", "surrogate", "sanity")
+_OPTIONAL = ("model_sha256", "autoattack_per_attack", "surrogate", "sanity")
 
 
 @dataclasses.dataclass
@@ -32,6 +32,7 @@ class EvalResult:
     method: str | None = None
     checkpoint: str | None = None
     checkpoint_path: str | None = None
+    model_sha256: str | None = None
     eps: float | None = None
     n_examples: int | None = None
     params: int | None = None

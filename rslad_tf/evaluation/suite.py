@@ -450,6 +450,10 @@ def evaluate(model, *, classifier=None, dataset: str = "digits", data_dir: str |
         method=method or run_config.get("method"),
         checkpoint=checkpoint or _checkpoint_label(checkpoint_path),
         checkpoint_path=os.path.abspath(checkpoint_path) if checkpoint_path else None,
+        # Which file was evaluated, whatever its path: a recorded evaluation is matched to
+        # a model by it (`rslad_tf.evaluation.recorded`).
+        model_sha256=(fileio.sha256(checkpoint_path)
+                      if checkpoint_path and os.path.isfile(checkpoint_path) else None),
         eps=eps,
         n_examples=n,
         params=models.trainable_parameters(model),
