@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="run AutoAttack on the teacher in this run instead of taking "
                              "its recorded result (13 more minutes on the project's 2-core "
                              "VM); its other columns are measured either way")
+    parser.add_argument("--methods",
+                        help="comma-separated methods to train (default: the paper's six, "
+                             "natural,sat,trades,ard,iad,rslad); e.g. sat,rslad for the "
+                             "study's comparison, with two students instead of six")
     parser.add_argument("--threads", type=int, default=1,
                         help="TensorFlow threads per step (default 1: two steps run at once)")
     parser.add_argument("--verbose", action="store_true", help="show kfp's full output")
@@ -134,12 +138,15 @@ def main(argv=None) -> None:
     if args.threads <= 0:
         raise UserError(f"--threads must be positive, got {args.threads}")
     LOCAL_PRESETS, run_local = _pipeline()
+    from pipelines.rslad_pipeline import parse_methods
 
     preset = "digits-tiny" if args.quick else "digits"
     params = dict(LOCAL_PRESETS[preset])
     if args.train_teacher:
         params.pop("teacher_uri", None)
         params.pop("teacher_sha256", None)
+    if args.methods:
+        params["methods"] = parse_methods(args.methods)
     if args.train_teacher or args.evaluate_teacher:
         params.pop("teacher_autoattack_record", None)
         params.pop("teacher_autoattack_record_sha256", None)

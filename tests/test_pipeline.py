@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipelines import rslad_pipeline as rp
+from rslad_tf.common.errors import UserError
 from rslad_tf.common.errors import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -421,7 +422,11 @@ def test_demo_train_teacher_drops_the_shipped_teacher(tmp_path, monkeypatch, cap
     demo.main(["--out", str(tmp_path / "a")])
     demo.main(["--out", str(tmp_path / "b"), "--train-teacher"])
     demo.main(["--out", str(tmp_path / "c"), "--evaluate-teacher"])
-    shipped, trained, evaluated = seen
+    demo.main(["--out", str(tmp_path / "d"), "--methods", "sat,rslad"])
+    with pytest.raises(UserError, match="unknown method 'kd'"):
+        demo.main(["--out", str(tmp_path / "e"), "--methods", "sat,kd"])
+    shipped, trained, evaluated, two = seen
+    assert two["methods"] == ["sat", "rslad"] and "methods" not in shipped
     assert shipped["teacher_uri"] == rp.SHIPPED_DIGITS_TEACHER
     assert shipped["teacher_sha256"] == rp.SHIPPED_DIGITS_TEACHER_SHA256
     assert shipped["teacher_autoattack_record"] == rp.SHIPPED_DIGITS_TEACHER_EVAL
