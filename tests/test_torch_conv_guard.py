@@ -35,7 +35,8 @@ from rslad_tf.methods import NaturalModel
 
 torch.set_num_threads(2)
 student = models.create("resnet18", 10, input_shape=(16, 16, 3), base_width=4)
-assert torch_backend.meets_onednn_strided_pointwise_bug(student)
+from rslad_tf.common import onednn
+assert onednn.torch_weight_gradient_hazard(student)
 rng = np.random.default_rng(0)
 start = [rng.normal(0.0, 0.2, tuple(w.shape)).astype("float32") for w in student.weights]
 x = rng.uniform(0.0, 1.0, (16, 16, 16, 3)).astype("float32")
@@ -67,14 +68,14 @@ def test_the_guard_finds_narrow_strided_pointwise_convolutions():
     """A ResNet-18 narrower than 16 has 1x1 stride-2 shortcuts on too few channels; at
     width 16 and in the 3x3-only digits CNN there is none."""
     from rslad_tf import models
-    from rslad_tf.backends.torch_backend import meets_onednn_strided_pointwise_bug
+    from rslad_tf.common.onednn import torch_weight_gradient_hazard
 
     narrow = models.create("resnet18", 10, input_shape=(16, 16, 3), base_width=4)
     wide = models.create("resnet18", 10, input_shape=(16, 16, 3), base_width=16)
     cnn = models.create("small_cnn", 10, input_shape=(8, 8, 1), width=4)
-    assert meets_onednn_strided_pointwise_bug(narrow)
-    assert not meets_onednn_strided_pointwise_bug(wide)
-    assert not meets_onednn_strided_pointwise_bug(cnn)
+    assert torch_weight_gradient_hazard(narrow)
+    assert not torch_weight_gradient_hazard(wide)
+    assert not torch_weight_gradient_hazard(cnn)
 
 
 def test_a_narrow_resnet_trains_exactly_on_torch(tmp_path):

@@ -8,35 +8,21 @@ import contextlib
 import keras
 import torch
 
-from rslad_tf.common.model_walk import all_layers
+from rslad_tf.common import onednn
 
-# oneDNN's x86 kernel for the weight gradient of a strided 1x1 convolution on a
-# channels-last input writes past its workspace when the input has fewer channels than
-# the kernel's register block (8 on AVX2, 16 on AVX-512; uxlfoundation/oneDNN#6035).
-# Keras' torch backend hands torch convolutions channels-last views, so a ResNet
-# narrower than 16 (its 1x1 stride-2 shortcuts) meets it: with torch 2.13 on this
-# project's AVX2 machine the heap was corrupted (a crash, or a hang in the kernel) within
-# a few steps of a width-4 ResNet-18, and upstream reports wrong weight gradients without
-# a crash on AVX-512. Such a student takes its weight gradient with oneDNN off (PyTorch's
-# own convolution: slower, exact); every other model keeps oneDNN. docs/backends.md.
-_ONEDNN_BLOCK = 16
-
-
-def meets_onednn_strided_pointwise_bug(model) -> bool:
-    """Whether ``model`` has a 1x1 ``Conv2D`` with a stride above 1 on a channels-last
-    input whose channel count is not a multiple of 16: the layers whose weight gradient
-    oneDNN computes wrongly on x86 CPUs (module comment)."""
-    return any(isinstance(conv, keras.layers.Conv2D) and tuple(conv.kernel_size) == (1, 1)
-               and max(conv.strides) > 1 and conv.data_format == "channels_last"
-               and conv.kernel.shape[-2] % _ONEDNN_BLOCK
-               for conv in all_layers(model))
+# oneDNN's x86 weight gradient of a strided 1x1 convolution on a channels-last input with
+# fewer channels than its register block corrupts the heap or comes out wrong
+# (`rslad_tf.common.onednn`, docs/backends.md). Keras' torch backend hands torch
+# channels-last views, so a ResNet narrower than 16 meets it: such a student takes its
+# weight gradient with oneDNN off (PyTorch's own convolution: slower, exact); every other
+# model keeps oneDNN.
 
 
 def _weight_gradient_context(method, values):
     """Where the student's weight gradient is taken: with oneDNN off on a CPU for a
-    student that `meets_onednn_strided_pointwise_bug`, else as torch chooses."""
+    student with `onednn.torch_weight_gradient_hazard`, else as torch chooses."""
     # The walk over the student's layers: 0.09 ms for ResNet-18, against seconds for a CPU step.
-    if values and values[0].device.type == "cpu" and meets_onednn_strided_pointwise_bug(
+    if values and values[0].device.type == "cpu" and onednn.torch_weight_gradient_hazard(
             method.student):
         return _onednn_off()
     return contextlib.nullcontext()

@@ -19,6 +19,7 @@ from rslad_tf import backends
 from rslad_tf.common.errors import UserError
 from rslad_tf.config import presets
 from rslad_tf.training import run_dir
+from rslad_tf.common import onednn
 from rslad_tf.training.fast_paths import (create_student, default_strategy, epoch_batches,
                                           setup_fast_paths)
 from rslad_tf.training.schedule import steps_per_epoch
@@ -183,6 +184,7 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
             config = config.replace(teacher_path=os.path.abspath(teacher_path))
         keras.utils.set_random_seed(config.seed)
         student = create_student(config)
+        onednn.check_tensorflow_training(student)
         method = build_method(config, student, teacher)
     fast = setup_fast_paths(config, method, x_train, y_train,
                             num_replicas=strategy.num_replicas_in_sync if strategy else 1,
