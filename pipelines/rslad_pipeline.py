@@ -295,7 +295,7 @@ def compile_pipeline(out: str, image: str | None = None, *, accelerators: bool =
 
 
 # -- local runs ------------------------------------------------------------------------
-# Named local configurations. `digits` is the demo (17 minutes on 2 CPU cores, see
+# Named local configurations. `digits` is the demo (13 minutes on 2 CPU cores, see
 # pipelines.demo); `digits-tiny` a smoke test of the whole graph in a couple of minutes.
 # The teacher the demo distils from, as the paper distils from a released one: the embedded
 # study's strong eps-0.2 teacher (docs/study.md; SAT, small_cnn width 64, 100 epochs),
