@@ -87,14 +87,32 @@ import sys
 import numpy as np
 import tensorflow as tf
 import keras
-from rslad_tf import models
-from rslad_tf.methods import SATModel
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
-rng = np.random.default_rng(0)
 print("started", flush=True)
+sys.path.insert(0, sys.argv[2])
+from test_onednn import sat_steps, weight_gradient_error
+
+weights = sat_steps()
+errors = [weight_gradient_error(4, 3, 2), weight_gradient_error(8, 1, 2),
+          weight_gradient_error(4, 1, 1)]
+np.savez(sys.argv[1], errors=np.array(errors), weights=np.array(weights, dtype=object))
+print("saved", flush=True)
+# Last, the hazard: the kernel writes past its buffer, so on some calls the gradient comes
+# out right, on others wrong, or the process dies. Report each call as it comes, then
+# leave before the heap is used again.
+for _ in range(8):
+    print("error", weight_gradient_error(4, 1, 2), flush=True)
+os._exit(0)
+"""
+
 
 def weight_gradient_error(cin, kernel, stride):
+    """Relative error against float64 of the weight gradient of a stride-``stride``
+    ``kernel`` x ``kernel`` convolution with ``cin`` input channels."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(cin * 100 + kernel * 10 + stride)
     x = rng.standard_normal((8, 8, 8, cin))
     w = rng.standard_normal((kernel, kernel, cin, 8))
     grads = []
@@ -107,58 +125,49 @@ def weight_gradient_error(cin, kernel, stride):
         grads.append(tape.gradient(loss, wt).numpy())
     return float(np.abs(grads[0] - grads[1]).max() / np.abs(grads[1]).max())
 
-if sys.argv[2] == "hazard":
-    # The kernel writes past its buffer: on some calls the gradient comes out right, on
-    # others wrong, or the process dies. Report each of a few calls as it comes, then
-    # leave before the heap is used again.
-    for _ in range(8):
-        print("error", weight_gradient_error(4, 1, 2), flush=True)
-    os._exit(0)
-errors = [weight_gradient_error(4, 3, 2), weight_gradient_error(8, 1, 2),
-          weight_gradient_error(4, 1, 1)]
-keras.utils.set_random_seed(0)
-student = models.create("small_cnn", 10, input_shape=(8, 8, 1), width=4)
-x = rng.uniform(0.0, 1.0, (64, 8, 8, 1)).astype("float32")
-y = rng.integers(0, 10, 64).astype("int32")
-method = SATModel(student, epsilon=0.2, step_size=0.05, attack_steps=3,
-                  attack_start="none", weight_decay=2e-4)
-method.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
-method.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
-np.savez(sys.argv[1], errors=np.array(errors),
-         weights=np.array([w.numpy() for w in student.weights], dtype=object))
-"""
 
+def sat_steps():
+    """The weights of a width-4 digits student after two SAT steps from a fixed start."""
+    import keras
 
-def _run_worker(path, switch, mode="safe"):
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    env[onednn.TENSORFLOW_SWITCH] = switch
-    return subprocess.run([sys.executable, "-c", _WORKER, str(path), mode], env=env,
-                          capture_output=True, text=True, timeout=300)
+    from rslad_tf.methods import SATModel
 
-
-def _safe_run(path, switch):
-    proc = _run_worker(path, switch)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = np.load(path, allow_pickle=True)
-    return data["errors"], list(data["weights"])
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    student = models.create("small_cnn", 10, input_shape=(8, 8, 1), width=4)
+    x = rng.uniform(0.0, 1.0, (64, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 10, 64).astype("int32")
+    method = SATModel(student, epsilon=0.2, step_size=0.05, attack_steps=3,
+                      attack_start="none", weight_decay=2e-4)
+    method.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    method.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+    return [w.numpy() for w in student.weights]
 
 
 def test_the_kernels_get_the_hazard_wrong_and_the_digits_models_right(tmp_path):
-    """With the kernels on, the weight gradient of a 1x1 stride-2 convolution on 4
-    channels comes out far from float64 in some of 8 calls, or the process dies of the
-    heap it corrupted (the bug the guard and the switch's list are for); a 3x3 one, a 1x1
-    one on 8 channels and a stride-1 one are right, and two SAT steps of a width-4 digits
-    student end at the weights they reach with the kernels off."""
-    hazard = _run_worker(tmp_path / "h.npz", "1", "hazard")
-    assert hazard.stdout.startswith("started")
-    errors = [float(line.split()[1]) for line in hazard.stdout.splitlines()
+    """In a child process with the kernels on: a 3x3 convolution, a 1x1 one on 8 channels
+    and a stride-1 one have weight gradients within 1e-5 of float64, and two SAT steps of
+    a width-4 digits student end at the weights this process (kernels off) reaches; then
+    the weight gradient of a 1x1 stride-2 convolution on 4 channels comes out far from
+    float64 in some of 8 calls, or the process dies of the heap it corrupted (the bug the
+    guard and the switch's list are for)."""
+    if onednn.tensorflow_kernels_on():
+        pytest.skip("this process runs with the kernels on: nothing to compare with")
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    env[onednn.TENSORFLOW_SWITCH] = "1"
+    path = tmp_path / "on.npz"
+    child = subprocess.run([sys.executable, "-c", _WORKER, str(path),
+                            os.path.dirname(os.path.abspath(__file__))], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert "saved" in child.stdout, child.stderr[-2000:]
+    data = np.load(path, allow_pickle=True)
+    assert max(data["errors"]) < 1e-5
+    off = sat_steps()
+    num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(data["weights"], off))
+    den = sum(float(np.sum(b ** 2)) for b in off)
+    assert (num / den) ** 0.5 < 1e-5
+    errors = [float(line.split()[1]) for line in child.stdout.splitlines()
               if line.startswith("error ")]
     # Killed inside the kernel (SIGABRT from malloc's checks, or SIGSEGV), or wrong.
-    assert hazard.returncode in (-6, -11) or max(errors) > 0.05, (
-        hazard.returncode, errors, hazard.stderr[-2000:])
-    on_errors, on_weights = _safe_run(tmp_path / "on.npz", "1")
-    off_errors, off_weights = _safe_run(tmp_path / "off.npz", "0")
-    assert max(on_errors) < 1e-5 and max(off_errors) < 1e-5
-    num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(on_weights, off_weights))
-    den = sum(float(np.sum(b ** 2)) for b in off_weights)
-    assert (num / den) ** 0.5 < 1e-5
+    assert child.returncode in (-6, -11) or max(errors) > 0.05, (
+        child.returncode, errors, child.stderr[-2000:])
