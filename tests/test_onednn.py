@@ -37,6 +37,14 @@ def test_which_architectures_have_strided_pointwise_convolutions():
     wider = models.create("resnet18", 10, input_shape=(16, 16, 3), base_width=8)
     assert onednn.tensorflow_weight_gradient_hazard(wider) is None  # 8, 16, 32 channels
     assert onednn.torch_weight_gradient_hazard(wider)  # 8 is no multiple of 16
+    import keras
+
+    class OwnConv(keras.layers.Conv2D):  # a user's subclass is still a convolution
+        pass
+
+    inputs = keras.Input((8, 8, 4))
+    own = keras.Model(inputs, OwnConv(8, 1, strides=2)(inputs))
+    assert [c for _, c in onednn.strided_pointwise_convs(own)] == [4]
     assert onednn.safe_for_tensorflow_kernels(["small_cnn", "mobilenetv2"])
     assert not onednn.safe_for_tensorflow_kernels(["small_cnn", "resnet18"])
     assert not onednn.safe_for_tensorflow_kernels([])

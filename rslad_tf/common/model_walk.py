@@ -1,6 +1,6 @@
 """Every layer of a Keras model, nested models included: the one walk the precision
-checks (`transforms.precision`, `methods.base.student_precision`) and the torch backend's
-oneDNN guard share. Reads attributes only, so it imports no framework."""
+checks (`transforms.precision`, `methods.base.student_precision`) and the oneDNN checks
+(`common.onednn`) share. Reads attributes only, so it imports no framework."""
 
 from __future__ import annotations
 

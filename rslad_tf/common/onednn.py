@@ -44,10 +44,13 @@ ARCHITECTURES_WITHOUT_STRIDED_POINTWISE = ("small_cnn", "mobilenetv2")
 
 def strided_pointwise_convs(model) -> list[tuple[object, int]]:
     """``(layer, input channels)`` for every 1x1 convolution (``Conv2D`` or
-    ``DepthwiseConv2D``) of ``model`` with a stride above 1 on a channels-last input."""
+    ``DepthwiseConv2D``, subclasses included) of ``model`` with a stride above 1 on a
+    channels-last input."""
+    import keras
+
     found = []
     for layer in all_layers(model):
-        if type(layer).__name__ not in ("Conv2D", "DepthwiseConv2D"):
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
             continue
         if (tuple(layer.kernel_size) == (1, 1) and max(layer.strides) > 1
                 and layer.data_format == "channels_last"):
