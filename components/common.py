@@ -47,7 +47,6 @@ RUN_SUBDIR = "run"
 
 # The attacks of the two evaluation steps (`rslad_tf.common.vocabulary`'s columns).
 WHITEBOX_ATTACKS = vocabulary.WHITE_BOX_SUITE
-HTTP_TIMEOUT_S = 60
 BLACKBOX_ATTACKS = vocabulary.BLACK_BOX_COLUMNS
 
 
@@ -288,6 +287,10 @@ def report_device(device_type: str, device_count: int, log=print) -> None:
             log("warning: no GPU visible to TensorFlow: running on CPU")
     elif gpus:
         log(f"TensorFlow sees {len(gpus)} GPU(s)")
+
+
+# How long `fetch` waits for an http(s) server.
+HTTP_TIMEOUT_S = 60
 
 
 def fetch(uri: str, target: str, what: str) -> None:

@@ -119,8 +119,3 @@ def merge(live: dict, record: dict, *, source: str, record_sha256: str | None) -
         "seconds": (record.get("seconds") or {}).get(AUTOATTACK),
         "checked": checked, "tolerance_points": TOLERANCE_POINTS}})
     return out
-
-
-def recorded_columns(result: dict) -> list[str]:
-    """The column keys of an eval JSON that were taken from a record, not measured."""
-    return sorted((result.get("recorded") or {}).keys())

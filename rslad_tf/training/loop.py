@@ -16,10 +16,10 @@ import contextlib
 import os
 
 from rslad_tf import backends
+from rslad_tf.common import onednn
 from rslad_tf.common.errors import UserError
 from rslad_tf.config import presets
 from rslad_tf.training import run_dir
-from rslad_tf.common import onednn
 from rslad_tf.training.fast_paths import (create_student, default_strategy, epoch_batches,
                                           setup_fast_paths)
 from rslad_tf.training.schedule import steps_per_epoch
