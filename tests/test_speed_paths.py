@@ -187,11 +187,55 @@ def test_cache_never_rewrites_a_filled_entry(trained_digits_model, digits_data):
 
 
 def test_cache_rejects_methods_whose_teacher_sees_adversarial_images(trained_digits_model):
-    from rslad_tf.methods import IADModel
+    from rslad_tf.methods import AdaADModel
 
-    method = IADModel(_cnn(4), trained_digits_model)
+    method = AdaADModel(_cnn(4), trained_digits_model)
     with pytest.raises(ValueError, match="no cacheable teacher"):
         method.attach_teacher_cache(SoftLabelCache(10, 10))
+
+
+@pytest.mark.parametrize("name", ["ard", "iad"])
+def test_ard_and_iad_train_the_same_with_the_cache(name, trained_digits_model, digits_data):
+    """The pipeline's digits configuration (no augmentation, full batches): two epochs of
+    ARD, or of IAD with its introspective term from the second, give the same student bit
+    for bit with the teacher's clean logits computed once and then read from the cache
+    (every lookup of the second epoch a hit). A cache holding another teacher's logits
+    changes the student: the hits are what the step trains on."""
+    from rslad_tf.methods import ARDModel, IADModel
+
+    (x, y), _ = digits_data
+    x, y = x[:128], y[:128]
+    other_teacher = _cnn(8, seed=5)
+
+    def train(cache=None, prefill=None):
+        kwargs = {"warmup_epochs": 1} if name == "iad" else {}
+        cls = IADModel if name == "iad" else ARDModel
+        method = cls(_cnn(4), trained_digits_model, epsilon=EPS, step_size=EPS / 4,
+                     attack_steps=2, attack_batchnorm="train", weight_decay=1e-3, seed=3,
+                     **kwargs)
+        method.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        if cache is not None:
+            method.attach_teacher_cache(cache)
+        if prefill is not None:
+            cache.lookup(lambda im: tf.cast(prefill(im, training=False), tf.float32),
+                         tf.constant(x), tf.range(len(x)), tf.zeros([len(x)], tf.int32))
+        hit_rates = []
+        for epoch in range(2):
+            if cache is not None:
+                cache.reset_counters()
+            method.fit(indexed_dataset(x, y, 64, shuffle=True, seed=epoch), epochs=1,
+                       verbose=0)
+            if cache is not None:
+                hit_rates.append(cache.counters()["hit_rate"])
+        return _weights(method.student), hit_rates
+
+    plain, _ = train()
+    cached, hit_rates = train(SoftLabelCache(len(x), 10))
+    assert hit_rates == [0.0, 1.0]
+    for a, b in zip(plain, cached):
+        np.testing.assert_array_equal(a, b)
+    wrong, _ = train(SoftLabelCache(len(x), 10), prefill=other_teacher)
+    assert any(not np.array_equal(a, b) for a, b in zip(plain, wrong))
 
 
 def test_cache_needs_indexed_batches(trained_digits_model, digits_data):
@@ -488,7 +532,7 @@ def test_train_cli_speed_flags(tmp_path, capsys):
 
 
 def test_teacher_cache_flag_refused_for_other_methods(tmp_path, capsys):
-    code = run_cli(train.main, ["--preset", "digits-ard", "--teacher-cache", "--out",
+    code = run_cli(train.main, ["--preset", "digits-trades", "--teacher-cache", "--out",
                                 str(tmp_path / "o")] + FAST)
     assert code == 2 and "--teacher-cache" in capsys.readouterr().err
 

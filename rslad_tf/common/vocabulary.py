@@ -15,9 +15,10 @@ METHOD_NAMES = ("natural", "sat", "trades", "ard", "iad", "rslad", "adaad", "ada
 PAPER_METHODS = METHOD_NAMES[:6]
 # The methods that learn from a teacher (and so need one).
 DISTILLATION_METHODS = ("ard", "iad", "rslad", "adaad", "adaiad")
-# The methods whose teacher sees clean images only, so that its soft labels can be cached
-# (`--teacher-cache`); the others query the teacher on adversarial images too.
-TEACHER_CACHE_METHODS = ("rslad",)
+# The methods whose soft labels are the teacher's output on the clean training images, so
+# that it can be cached (`--teacher-cache`). IAD also asks the teacher about its adversarial
+# images (not cached); AdaAD and AdaIAD attack the teacher's output, so nothing of theirs is.
+TEACHER_CACHE_METHODS = ("ard", "iad", "rslad")
 
 
 # --------------------------------------------------------------------------------------

@@ -42,12 +42,12 @@ class RuntimeOptions:
     teacher_path: str | None = None
     save_every_steps: int | None = None  # resumable state mid-epoch too (None: per epoch)
     deterministic: bool = False  # TensorFlow deterministic ops (bit-exact resume on CPU)
-    # Speed options (docs/speed.md). The defaults keep the reference numerics; the exact
-    # ones (device_data, teacher_cache) never change them.
+    # Speed options (docs/speed.md). The defaults keep the reference numerics; device_data
+    # never changes them, the others change float rounding at most (mixed precision more).
     jit_compile: bool | str = "auto"  # XLA for the training step: "auto" (GPU only), True, False
     mixed_precision: str = "off"  # student compute dtype: "off", "bfloat16", "float16"
     device_data: str = "auto"  # training set on the device: "auto" (if it fits), "on", "off"
-    teacher_cache: bool = False  # reuse teacher logits per (image, crop, flip) (RSLAD)
+    teacher_cache: bool = False  # reuse T(x) per (image, crop, flip) (ARD, IAD, RSLAD)
     fold_attack_bn: bool = False  # training attack with BatchNorm folded into the convs
 
     def validate(self) -> None:
@@ -149,9 +149,9 @@ class TrainConfig:
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise PresetError(f"ema_decay must be in (0, 1), e.g. 0.999; got {self.ema_decay}")
         if self.runtime.teacher_cache and self.method not in TEACHER_CACHE_METHODS:
-            raise PresetError(f"--teacher-cache needs a method whose teacher sees clean images "
-                              f"only ({', '.join(TEACHER_CACHE_METHODS)}), not "
-                              f"{self.method!r}")
+            raise PresetError(f"--teacher-cache needs a method whose soft labels are the "
+                              f"teacher's output on clean images "
+                              f"({', '.join(TEACHER_CACHE_METHODS)}), not {self.method!r}")
 
     @property
     def needs_teacher(self) -> bool:

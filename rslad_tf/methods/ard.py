@@ -18,6 +18,7 @@ class ARDModel(AdversarialMethod):
     term_names = ("kl", "ce")
     default_attack_start = "uniform"
     uses_teacher = True
+    supports_teacher_cache = True  # T(x) on clean augmented images (IAD adds T(x') later)
 
     def __init__(self, student, teacher, *, alpha=1.0, temperature=30.0, reduction="mean",
                  **kwargs):
@@ -31,7 +32,12 @@ class ARDModel(AdversarialMethod):
                 "temperature": self.temperature, "reduction": self.reduction}
 
     def prepare(self, x, y):
-        return {"teacher_logits": self.teacher_logits(x)}
+        return self.prepare_batch(x, y)
+
+    def prepare_batch(self, x, y, index=None, variant=None):
+        """T(x) on the clean images, once per batch (from the soft-label cache when one is
+        attached)."""
+        return {"teacher_logits": self.clean_teacher_logits(x, index, variant)}
 
     def attack(self, x, y, ctx):
         return self.run_pgd(x, y, loss="ce")

@@ -23,9 +23,9 @@ Fast paths (runtime options, off by default, never saved with the model):
 
 - ``attach_device_data(DeviceData)``: batches arrive as ``{"index": [B]}`` and the images
   are gathered from the training set held on the device (`rslad_tf.data.device_data`).
-- ``attach_teacher_cache(SoftLabelCache)``: methods whose teacher only sees clean augmented
-  images (RSLAD) reuse its logits per (image, crop offset, flip); batches must carry
-  ``"index"`` (`rslad_tf.methods.soft_label_cache`).
+- ``attach_teacher_cache(SoftLabelCache)``: methods whose soft labels are the teacher's
+  output on the clean augmented images (ARD, IAD, RSLAD) reuse those logits per (image,
+  crop offset, flip); batches must carry ``"index"`` (`rslad_tf.methods.soft_label_cache`).
 - ``attach_weight_average(WeightAverage)``: an exponential moving average of the student's
   weights, updated after every optimizer step (`rslad_tf.methods.ema`).
 - ``set_attack_batchnorm_folding(True)``: the training attack runs the student with each
@@ -115,8 +115,9 @@ class AdversarialMethod(keras.Model):
     # TRADES, RSLAD and AdaAD references take the first gradient at the unclipped x + noise.
     clip_attack_start = False
     uses_teacher = False
-    # True for methods whose teacher sees only clean augmented images (its logits can be
-    # cached per image and augmentation): `prepare_batch` then uses the soft-label cache.
+    # True for methods whose `prepare` asks the teacher about the clean augmented batch
+    # only (those logits can be cached per image and augmentation): `prepare_batch` then
+    # reads them through `clean_teacher_logits`.
     supports_teacher_cache = False
 
     def __init__(self, student, teacher=None, *, epsilon=8 / 255, step_size=2 / 255,
@@ -312,6 +313,16 @@ class AdversarialMethod(keras.Model):
     def teacher_logits(self, x):
         """Teacher logits in inference mode, no gradient (the teacher is never trained)."""
         return ops.stop_gradient(ops.cast(self.teacher(x, training=False), "float32"))
+
+    def clean_teacher_logits(self, x, index=None, variant=None):
+        """`teacher_logits` of the clean augmented batch ``x``, read from the soft-label
+        cache when one is attached and the batch carries its image indices (the cache holds
+        what the teacher computed for that image and augmentation, in the batch it was
+        first seen in)."""
+        if self._teacher_cache is None or index is None:
+            return self.teacher_logits(x)
+        return ops.stop_gradient(
+            self._teacher_cache.lookup(self.teacher_logits, x, index, variant))
 
     def next_seed(self):
         """A fresh stateless-RNG seed [2] (TensorFlow); distinct per replica under

@@ -46,17 +46,12 @@ class RSLADModel(IGDMOption, AdversarialMethod):
                 **self.igdm_hyperparameters()}
 
     def prepare(self, x, y):
-        teacher_logits = self.teacher_logits(x)  # T(x) on clean images only, once per batch
-        return {"teacher_logits": teacher_logits,
-                "soft_labels": ops.softmax(teacher_logits, axis=-1)}
+        return self.prepare_batch(x, y)
 
     def prepare_batch(self, x, y, index=None, variant=None):
-        """`prepare`, with T(x) read from the soft-label cache when one is attached (the
-        same logits bit for bit: the cache stores what the teacher computed)."""
-        if self.teacher_cache is None or index is None:
-            return self.prepare(x, y)
-        teacher_logits = ops.stop_gradient(
-            self.teacher_cache.lookup(self.teacher_logits, x, index, variant))
+        """T(x) on the clean images only, once per batch (from the soft-label cache when
+        one is attached), and its softmax: the soft labels."""
+        teacher_logits = self.clean_teacher_logits(x, index, variant)
         return {"teacher_logits": teacher_logits,
                 "soft_labels": ops.softmax(teacher_logits, axis=-1)}
 

@@ -1,9 +1,10 @@
-"""Teacher soft-label cache: T(x) of each (image, crop offset, flip) computed once, reused exactly.
+"""Teacher soft-label cache: T(x) of each (image, crop offset, flip) computed once, reused.
 
-RSLAD's teacher is frozen, runs in inference mode and only ever sees clean augmented
-images, so its logits are a pure function of (training image index, augmentation variant).
-With pad-crop by ``p`` pixels and an optional flip there are ``(2p + 1)^2 * (2 if flip else
-1)`` variants per image (162 for CIFAR's p = 4 + flip); without augmentation (digits) one.
+The teacher of RSLAD, ARD and IAD is frozen and runs in inference mode, and their soft
+labels are its logits on the clean augmented images, so those logits are a pure function
+of (training image index, augmentation variant). With pad-crop by ``p`` pixels and an
+optional flip there are ``(2p + 1)^2 * (2 if flip else 1)`` variants per image (162 for
+CIFAR's p = 4 + flip); without augmentation (digits) one.
 
 The cache is a float32 tensor ``[N * variants, K]`` of logits plus a filled mask
 ``[N * variants]``, both device variables. Per batch, the rows already filled are read back
@@ -14,8 +15,9 @@ bucket is a fixed-shape branch of a ``tf.switch_case``, so the step still compil
 XLA, and a batch with no misses skips the teacher entirely.
 
 Exactness: BatchNorm in inference mode makes every teacher row independent of the rest of
-its batch, so the cached logits equal what the teacher computes for the same batch (bit for
-bit where the backend's kernels do not depend on the batch size, as on CPU; tests pin it).
+its batch, so the cached logits equal what the teacher computes for the same batch up to
+the kernels' rounding, which can depend on the batch size (TensorFlow's CPU kernels do:
+docs/speed.md); the tests pin bit-for-bit equality where the sizes match.
 
 Memory: ``N * variants * (4 * K + 4)`` bytes: digits 1,347 x 1 x 10 -> 59 KB; CIFAR-10
 50,000 x 162 x 10 -> 356 MB; CIFAR-100 with K = 100 -> 3.3 GB.

@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--device-data", choices=presets.DEVICE_DATA_CHOICES,
                        help="keep the training set on the device (default auto: if it fits)")
     speed.add_argument("--teacher-cache", action="store_true",
-                       help="RSLAD: compute the teacher's logits once per (image, crop, flip) "
-                            "and reuse them (exact)")
+                       help="ARD, IAD, RSLAD: compute the teacher's logits on the clean "
+                            "images once per (image, crop, flip) and reuse them (same "
+                            "values up to rounding: docs/speed.md)")
     runtime.add_attack_shards_argument(
         speed, "cut each batch of the training attack into N pieces run at the same time")
     speed.add_argument("--fold-attack-bn", action="store_true",
