@@ -12,13 +12,17 @@ def distill_student_fn(dataset_dir: str, out_dir: str, *, method: str, teacher_d
                        model: str = "", epochs: int = 0, epsilon: float = 0.0,
                        attack_steps: int = 0, max_steps: int = 0, batch_size: int = 0,
                        seed: int = 0, eval_n_examples: int = 0, checkpoint: str = "best",
-                       overrides: str = "", grid_cell: str = "", log=print) -> dict:
+                       teacher_cache: bool = False, overrides: str = "", grid_cell: str = "",
+                       log=print) -> dict:
     """Train the ``method`` student into the Model artifact ``out_dir``; returns its info.
 
     ``model``: ``""`` for the preset's student (``small_cnn:width=16`` on digits) or a spec
     such as ``resnet18``. Numeric overrides of 0 keep the preset's values. ``overrides``:
     a sweep's grid cell, a JSON object of ``--set`` keys (`components.plan_sweep`) applied
     last; ``grid_cell``: its label, recorded in the artifact's info (and so in its evals).
+    ``teacher_cache``: the teacher's logits on the clean training images computed once and
+    reused (``--teacher-cache``), for the methods whose soft labels they are (ARD, IAD,
+    RSLAD; ignored for the others).
     """
     from rslad_tf.config import presets
     from rslad_tf.common import vocabulary
@@ -50,6 +54,8 @@ def distill_student_fn(dataset_dir: str, out_dir: str, *, method: str, teacher_d
                             "artifact")
         teacher, teacher_info = load_teacher_artifact(teacher_dir, manifest)
         config = config.replace(teacher_path=teacher_info["path"])
+        if teacher_cache and method in vocabulary.TEACHER_CACHE_METHODS:
+            config = config.replace(teacher_cache=True)
         log(f"teacher {teacher_info.get('model_name', teacher.name)} "
             f"(SHA-256 {teacher_info.get('sha256')})")
     extra = {"grid_cell": grid_cell, "overrides": cell_overrides} if cell_overrides else None
@@ -63,8 +69,8 @@ def distill_student(data: Input[Dataset], teacher: Input[Model], student: Output
                     method: str, model: str = "", epochs: int = 0, epsilon: float = 0.0,
                     attack_steps: int = 0, max_steps: int = 0, batch_size: int = 0,
                     seed: int = 0, eval_n_examples: int = 0, checkpoint: str = "best",
-                    device_type: str = "", device_count: int = 0, overrides: str = "",
-                    grid_cell: str = ""):
+                    teacher_cache: bool = False, device_type: str = "", device_count: int = 0,
+                    overrides: str = "", grid_cell: str = ""):
     """Train one student with ``method`` (distilling from ``teacher`` where the method does);
     ``overrides`` / ``grid_cell``: a sweep's grid cell (`components.plan_sweep`)."""
     from components.common import configure_runtime, metadata_for_kfp, report_device
@@ -77,5 +83,6 @@ def distill_student(data: Input[Dataset], teacher: Input[Model], student: Output
                               attack_steps=attack_steps, max_steps=max_steps,
                               batch_size=batch_size, seed=seed,
                               eval_n_examples=eval_n_examples, checkpoint=checkpoint,
-                              overrides=overrides, grid_cell=grid_cell)
+                              teacher_cache=teacher_cache, overrides=overrides,
+                              grid_cell=grid_cell)
     student.metadata.update(metadata_for_kfp(info))

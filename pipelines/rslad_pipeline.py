@@ -123,6 +123,7 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         seeds: List[int] = [],  # noqa: B006
         grid: str = "",
         checkpoint: str = "best",
+        teacher_cache: bool = False,
         select_n_examples: int = 0,
         eval_n_examples: int = 0,
         eval_batch_size: int = 256,
@@ -147,6 +148,8 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
         ``teacher_autoattack_record_sha256`` when given: the teacher's AutoAttack column
         comes from it when it applies (same file, same settings, the teacher's other
         columns, measured in this run, agree with it); "" = run AutoAttack on the teacher.
+        ``teacher_cache``: the ARD, IAD and RSLAD students compute the teacher's logits on
+        each clean training image (and augmentation) once and reuse them (docs/speed.md).
         ``export_formats``: comma-separated artifacts to export and evaluate per student
         (saved_model, litert, litert-int8, onnx; docs/export.md); "" = none. Sweeps
         (docs/pipeline.md): ``seeds`` the students' training seeds ([] = ``seed``),
@@ -206,6 +209,7 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
             student = c.distill_student(data=data.outputs["data"],
                                         teacher=teacher.outputs["teacher"], method=method,
                                         model=student_model, epochs=epochs,
+                                        teacher_cache=teacher_cache,
                                         **dict(train_args, seed=student_seed), **cell)
             accelerate(student.set_display_name("distill-student"), cache=False)
             whitebox = c.evaluate_whitebox(data=data.outputs["data"],
@@ -323,16 +327,19 @@ LOCAL_PRESETS = {
     # The demo (`make demo`, pipelines.demo): the study's regime that matches the paper's
     # conditions (eps 0.2, width-4 students, the strong teacher), the digits presets'
     # budget (100 epochs, each method's rate from the grid), all 450 test points, last
-    # checkpoints (the best one is chosen on test points). AutoAttack (standard) and Square
-    # (5,000 queries) run in the toolkit's TensorFlow implementation, about four times
-    # faster on CPU than the reference code under the torch backend.
+    # checkpoints (the best one is chosen on test points), the teacher's clean logits
+    # computed once per distilling student (digits has no augmentation: every later epoch
+    # reads them; docs/speed.md). AutoAttack (standard) and Square (5,000 queries) run in
+    # the toolkit's TensorFlow implementation, about four times faster on CPU than the
+    # reference code under the torch backend.
     "digits": dict(dataset="digits", teacher_uri=SHIPPED_DIGITS_TEACHER,
                    teacher_sha256=SHIPPED_DIGITS_TEACHER_SHA256,
                    teacher_autoattack_record=SHIPPED_DIGITS_TEACHER_EVAL,
                    teacher_autoattack_record_sha256=SHIPPED_DIGITS_TEACHER_EVAL_SHA256,
                    teacher_method=presets.DIGITS_TEACHER_METHOD,
                    surrogate_epochs=DEMO_SURROGATE_EPOCHS, checkpoint="last",
-                   select_n_examples=200, eval_n_examples=450, autoattack_impl="native"),
+                   teacher_cache=True, select_n_examples=200, eval_n_examples=450,
+                   autoattack_impl="native"),
     # Every step and attack of the real run, at a size where the numbers mean nothing:
     # one-step epochs of narrow models, 16 evaluation points, and the reference AutoAttack
     # and Square with a handful of iterations and queries (recorded as non-standard).

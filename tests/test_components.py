@@ -352,6 +352,22 @@ def test_a_last_checkpoint_run_selects_on_the_last_epoch_only(tmp_path, data_dir
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_teacher_cache_reaches_the_methods_that_have_one(tmp_path, data_dir, teacher_dir):
+    """``teacher_cache`` turns the soft-label cache on for ARD, IAD and RSLAD (the second
+    epoch then reads every clean teacher logit from it) and leaves SAT as it is."""
+    import csv
+
+    for method in ("iad", "sat"):
+        out = str(tmp_path / method)
+        distill_student_fn(data_dir, out, method=method, teacher_dir=teacher_dir,
+                           teacher_cache=True, log=quiet, **dict(TINY, epochs=2, max_steps=0))
+        with open(os.path.join(out, "run", "config.json")) as f:
+            assert json.load(f)["teacher_cache"] is (method == "iad")
+        with open(os.path.join(out, "run", "history.csv")) as f:
+            rates = [row.get("cache_hit_rate") for row in csv.DictReader(f)]
+        assert rates == (["0.0", "1.0"] if method == "iad" else [None, None])
+
+
 def test_distill_student_bad_inputs(tmp_path, data_dir, teacher_dir):
     with pytest.raises(UserError, match="unknown method 'kd'; choose one of: natural, sat"):
         distill_student_fn(data_dir, str(tmp_path / "a"), method="kd", log=quiet)
