@@ -40,6 +40,26 @@ def test_eval_every_zero_selects_on_the_last_epoch_only():
         config.replace(eval_every=-1).validate()
 
 
+def test_last_checkpoints_are_refreshed_first_last_and_every_interval():
+    """last.keras is written at the end of the first epoch a process trains, then once the
+    interval has passed since the previous write, and at the run's last epoch; one answer
+    per epoch, so last.keras and ema_last.keras stay together."""
+    config = presets.get("digits-sat").replace(epochs=8)
+    now = [0.0]
+    refresh = callbacks.CheckpointRefresh(config, interval=10.0, clock=lambda: now[0])
+    written = []
+    for epoch, seconds in enumerate([4, 4, 4, 4, 1, 1, 12, 1]):
+        now[0] += seconds
+        if refresh.due(epoch):
+            written.append(epoch + 1)
+        assert refresh.due(epoch) == (epoch + 1 in written)  # asked again: same answer
+    # Epoch 1 at t=4, then t=16 (12 s later), t=30 (14 s), the last epoch at t=31.
+    assert written == [1, 4, 7, 8]
+    # A zero interval writes every epoch, as before the throttle.
+    every = callbacks.CheckpointRefresh(config, interval=0.0, clock=lambda: 0.0)
+    assert all(every.due(e) for e in range(config.epochs))
+
+
 class _RecordedState:
     path = "run/checkpoints/state.npz"
 

@@ -10,6 +10,9 @@ epoch (each reads what the ones before it left):
     PGD20Selection                the selection evaluation, best.keras (and the EMA's)
     EpochRecord                   history.csv, last.keras, state.npz, the epoch's line
 
+(last.keras and ema_last.keras at most every `LAST_CHECKPOINT_INTERVAL_S`, and at the end
+of the first and last epochs: `CheckpointRefresh`.)
+
 The loop calls `fit` once per epoch, with that epoch's seeded data order (and, resuming
 mid-epoch, without the batches already trained on), which Keras' own epoch loop and
 `BackupAndRestore` cannot reproduce exactly; the callbacks keep their state across calls.
@@ -30,6 +33,39 @@ from rslad_tf.config import presets
 from rslad_tf.training import run_dir
 from rslad_tf.training.fast_paths import float32_copy
 from rslad_tf.training.schedule import is_eval_epoch, learning_rate
+
+# last.keras and ema_last.keras are written at the end of a run's first and last epochs
+# and otherwise at most this often; state.npz (what --resume reads) every epoch. Saving a
+# .keras file costs about 60 ms however small the model: a twentieth of a width-4 digits
+# epoch on one core, 6 s of a 100-epoch run; a CIFAR epoch takes minutes and saves them
+# all.
+LAST_CHECKPOINT_INTERVAL_S = 30.0
+
+
+class CheckpointRefresh:
+    """Whether an epoch's end rewrites the "last" checkpoints: the first epoch this process
+    trains, the run's last epoch, and otherwise once ``interval`` seconds have passed since
+    the previous write (``clock``: seconds, `time.monotonic` by default). One answer per
+    epoch, whichever callback asks first."""
+
+    def __init__(self, config: presets.TrainConfig,
+                 interval: float = LAST_CHECKPOINT_INTERVAL_S, clock=time.monotonic):
+        self.config = config
+        self.interval = float(interval)
+        self.clock = clock
+        self.written_at = None
+        self.answered = (None, False)  # (epoch, answer)
+
+    def due(self, epoch: int) -> bool:
+        if self.answered[0] == epoch:
+            return self.answered[1]
+        now = self.clock()
+        answer = (self.written_at is None or epoch + 1 >= self.config.epochs
+                  or now - self.written_at >= self.interval)
+        if answer:
+            self.written_at = now
+        self.answered = (epoch, answer)
+        return answer
 
 
 class StepSchedule(keras.callbacks.Callback):
@@ -119,7 +155,7 @@ class PGD20Selection(keras.callbacks.Callback):
 
     def __init__(self, config: presets.TrainConfig, student: Float32Student, x_test, y_test,
                  state: run_dir.ResumableState, *, ckpt_dir: str, eval_writer,
-                 average=None, ema_model=None):
+                 average=None, ema_model=None, refresh: CheckpointRefresh | None = None):
         super().__init__()
         self.config = config
         self.student = student
@@ -129,6 +165,7 @@ class PGD20Selection(keras.callbacks.Callback):
         self.eval_writer = eval_writer
         self.average = average
         self.ema_model = ema_model  # a float32 student the average is copied into
+        self.refresh = refresh or CheckpointRefresh(config)
         self.results, self.marks = {}, set()
 
     def _accuracies(self, model):
@@ -171,18 +208,22 @@ class PGD20Selection(keras.callbacks.Callback):
                     saving.save_model(self.ema_model,
                                       os.path.join(self.ckpt_dir, "ema_best.keras"))
                     self.marks.add("ema_best")
-            saving.save_model(self.ema_model, os.path.join(self.ckpt_dir, "ema_last.keras"))
+            if self.refresh.due(epoch):
+                saving.save_model(self.ema_model,
+                                  os.path.join(self.ckpt_dir, "ema_last.keras"))
 
 
 class EpochRecord(keras.callbacks.Callback):
     """The end of each epoch: one ``history.csv`` row (lr, the training metrics, the
-    teacher cache's hit rate, the selection's accuracies, seconds), ``last.keras``, the
-    resumable state (the next epoch, step 0), and one line through ``log``. ``history``
+    teacher cache's hit rate, the selection's accuracies, seconds), ``last.keras`` when
+    ``refresh`` says so, the resumable state (the next epoch, step 0), and one line through
+    ``log``. ``history``
     holds the rows so far (those of a resumed run's finished epochs first)."""
 
     def __init__(self, config: presets.TrainConfig, student: Float32Student,
                  selection: PGD20Selection, state: run_dir.ResumableState, *,
-                 out_dir: str, history: list[dict], teacher_cache=None, log=print):
+                 out_dir: str, history: list[dict], teacher_cache=None,
+                 refresh: CheckpointRefresh | None = None, log=print):
         super().__init__()
         self.config = config
         self.student = student
@@ -192,6 +233,7 @@ class EpochRecord(keras.callbacks.Callback):
         self.history_path = os.path.join(out_dir, run_dir.HISTORY_FILE)
         self.history = history
         self.teacher_cache = teacher_cache
+        self.refresh = refresh or CheckpointRefresh(config)
         self.log = log
         self.started = time.time()
 
@@ -229,7 +271,9 @@ class EpochRecord(keras.callbacks.Callback):
                 message += "  *EMA best*"
         row["seconds"] = round(time.time() - self.started, 3)
         self.history.append(row)
-        saving.save_model(self.student.model_f32, os.path.join(self.ckpt_dir, "last.keras"))
+        if self.refresh.due(epoch):
+            saving.save_model(self.student.model_f32,
+                              os.path.join(self.ckpt_dir, "last.keras"))
         self.state.save(epoch + 1, step=0)
         run_dir.write_history(self.history_path, self.history)
         self.log(message + f"  lr {lr:.3g}  {row['seconds']:.1f}s")

@@ -222,9 +222,11 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
 
         eval_writer = tf.summary.create_file_writer(os.path.join(out_dir, "tensorboard",
                                                                  "eval"))
+    refresh = callbacks.CheckpointRefresh(config)
     selection = callbacks.PGD20Selection(config, student_f32, x_test, y_test, state,
                                          ckpt_dir=ckpt_dir, eval_writer=eval_writer,
-                                         average=average, ema_model=ema_model)
+                                         average=average, ema_model=ema_model,
+                                         refresh=refresh)
     epoch_callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "tensorboard")),
     ] if tensorflow else []
@@ -235,7 +237,8 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
         student_f32,
         selection,
         callbacks.EpochRecord(config, student_f32, selection, state, out_dir=out_dir,
-                              history=history, teacher_cache=fast["teacher_cache"], log=log),
+                              history=history, teacher_cache=fast["teacher_cache"],
+                              refresh=refresh, log=log),
     ]
     for epoch in range(start_epoch, config.epochs):
         # One `fit` per epoch: each epoch has its own seeded data order, and an epoch
