@@ -17,9 +17,9 @@ printed here and written to the output folder as report.md, table.json and
 clean_vs_aa.png (next to all artifacts under pipeline_root/ and the full log
 pipeline.log).
 
-The budget is the ``digits`` local preset: its pipeline took 13 min 25 s on the project's
-2-core VM (README), 11 min 44 s of it for the six students; ``--methods`` trains fewer, and
-``--quick`` runs the ``digits-tiny`` smoke test instead.
+The budget is the ``digits`` local preset: its pipeline took 12 min 42 s to 12 min 58 s on
+the project's 2-core VM (README), 10 min 44 s to 11 min 12 s of it for the six students;
+``--methods`` trains fewer, and ``--quick`` runs the ``digits-tiny`` smoke test instead.
 An output folder that already holds results is never overwritten: the run goes to a new
 timestamped subfolder.
 """

@@ -10,8 +10,9 @@ import dataclasses
 METHOD_NAMES = ("natural", "sat", "trades", "ard", "iad", "rslad", "adaad", "adaiad")
 # What the pipeline (and so the demo) trains when no method list is given: the six
 # methods of the RSLAD paper's tables. The later methods are one --methods away; each
-# added student costs the digits demo about four minutes of one core on the project's
-# 2-core VM (its loop took 11 min 44 s for six, two at a time: docs/pipeline.md).
+# added student costs the digits demo about three and a half minutes of one core on the
+# project's 2-core VM (its loop took 10 min 44 s to 11 min 12 s for six, two at a time:
+# docs/pipeline.md).
 PAPER_METHODS = METHOD_NAMES[:6]
 # The methods that learn from a teacher (and so need one).
 DISTILLATION_METHODS = ("ard", "iad", "rslad", "adaad", "adaiad")
