@@ -326,28 +326,30 @@ def test_distill_student_rslad(student_dir, teacher_dir):
     assert config["teacher_path"].endswith(MODEL_FILE)
 
 
-def test_a_last_checkpoint_run_selects_on_the_last_epoch_only(tmp_path, data_dir):
-    """With ``checkpoint="last"`` nothing reads the best checkpoint: the run evaluates its
-    last epoch only (``eval_every`` 0) and trains the very weights of a run that selects
-    on every epoch."""
+def test_a_last_checkpoint_run_skips_the_selection(tmp_path, data_dir):
+    """With ``checkpoint="last"`` nothing reads the best checkpoint and the evaluation steps
+    measure the last one: the run evaluates no epoch, writes no best.keras, and trains the
+    very weights of a run that selects on every epoch."""
     import csv
 
     runs = {}
     for checkpoint in ("best", "last"):
         out = str(tmp_path / checkpoint)
-        distill_student_fn(data_dir, out, method="sat", checkpoint=checkpoint, log=quiet,
-                           overrides='{"eval_every": 1, "lr_milestones": [3]}',
-                           **dict(TINY, epochs=3, max_steps=2))
+        info = distill_student_fn(data_dir, out, method="sat", checkpoint=checkpoint,
+                                  log=quiet, overrides='{"eval_every": 1, "lr_milestones": [3]}',
+                                  **dict(TINY, epochs=3, max_steps=2))
         with open(os.path.join(out, "run", "history.csv")) as f:
             evaluated = [int(row["epoch"]) + 1 for row in csv.DictReader(f)
                          if row.get("pgd20_acc")]
-        with open(os.path.join(out, "run", "config.json")) as f:
-            eval_every = json.load(f)["eval_every"]
-        last = os.path.join(out, "run", "checkpoints", "last.keras")
-        runs[checkpoint] = (evaluated, eval_every,
-                            keras.models.load_model(last, compile=False).get_weights())
-    assert runs["best"][:2] == ([1, 2, 3], 1)
-    assert runs["last"][:2] == ([3], 0)
+        checkpoints = os.path.join(out, "run", "checkpoints")
+        runs[checkpoint] = (evaluated, sorted(n for n in os.listdir(checkpoints)
+                                              if n.endswith(".keras")),
+                            keras.models.load_model(os.path.join(checkpoints, "last.keras"),
+                                                    compile=False).get_weights(), info)
+    assert runs["best"][:2] == ([1, 2, 3], ["best.keras", "last.keras"])
+    assert runs["last"][:2] == ([], ["last.keras"])
+    assert runs["best"][3]["best_epoch"] in (1, 2, 3)
+    assert runs["last"][3]["best_epoch"] is None and runs["last"][3]["last_pgd20_acc"] is None
     for a, b in zip(runs["best"][2], runs["last"][2]):
         np.testing.assert_array_equal(a, b)
 

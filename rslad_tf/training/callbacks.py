@@ -151,13 +151,16 @@ class PGD20Selection(keras.callbacks.Callback):
     average (``ema_best.keras``), and ``ema_last.keras`` every epoch.
 
     ``results``: the epoch's accuracies (history columns); ``marks``: the epoch's new
-    bests ("best", "ema_best"). The best so far lives in ``state``."""
+    bests ("best", "ema_best"). The best so far lives in ``state``. ``enabled`` False: no
+    selection epoch at all (``ema_last.keras`` is still written)."""
 
     def __init__(self, config: presets.TrainConfig, student: Float32Student, x_test, y_test,
                  state: run_dir.ResumableState, *, ckpt_dir: str, eval_writer,
-                 average=None, ema_model=None, refresh: CheckpointRefresh | None = None):
+                 average=None, ema_model=None, refresh: CheckpointRefresh | None = None,
+                 enabled: bool = True):
         super().__init__()
         self.config = config
+        self.enabled = enabled
         self.student = student
         self.x_test, self.y_test = x_test, y_test
         self.state = state
@@ -183,7 +186,7 @@ class PGD20Selection(keras.callbacks.Callback):
         from rslad_tf.methods import saving
 
         self.results, self.marks = {}, set()
-        selecting = is_eval_epoch(self.config, epoch)
+        selecting = self.enabled and is_eval_epoch(self.config, epoch)
         if selecting:
             model = self.student.model_f32
             clean, robust = self._accuracies(model)

@@ -132,13 +132,17 @@ def _check_other_backend(config: presets.TrainConfig, out_dir: str, final_eval: 
 
 def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
            runs_dir: str = run_dir.DEFAULT_RUNS_DIR, teacher=None, final_eval: bool = False,
-           download: bool = False, strategy=None, log=print) -> dict:
+           select: bool = True, download: bool = False, strategy=None, log=print) -> dict:
     """Train ``config`` into ``out_dir``; returns a summary dict (best/last accuracies).
 
     ``resume``: continue the run in ``out_dir`` from its saved configuration (only a new
     ``epochs`` budget is taken from ``config``) and state.
     ``teacher``: an already loaded teacher model (otherwise found from the config).
     ``final_eval``: run the full evaluation suite on best and last at the end.
+    ``select``: run the checkpoint selection (clean and PGD-20 accuracy on the selection
+    epochs, best.keras); False for a caller that keeps only last.keras and measures it
+    itself (the pipeline with ``checkpoint`` last): no best checkpoint, no accuracies in
+    history.csv, and the summary's accuracies are None.
     ``download``: let the dataset loader fetch missing files (CIFAR through TFDS).
     ``strategy``: a `tf.distribute` strategy (default: all local GPUs, see `default_strategy`;
     TensorFlow only).
@@ -150,6 +154,8 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     from rslad_tf.training import callbacks
 
     config.validate()
+    if final_eval and not select:
+        raise ValueError("the final evaluation reads best.keras: it needs the selection")
     run_dir.prepare_out_dir(out_dir, resume)
     if resume:
         # Only the epoch budget may change on resume (e.g. to extend a run).
@@ -226,7 +232,7 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
     selection = callbacks.PGD20Selection(config, student_f32, x_test, y_test, state,
                                          ckpt_dir=ckpt_dir, eval_writer=eval_writer,
                                          average=average, ema_model=ema_model,
-                                         refresh=refresh)
+                                         refresh=refresh, enabled=select)
     epoch_callbacks = [
         keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "tensorboard")),
     ] if tensorflow else []
@@ -255,6 +261,8 @@ def _train(config: presets.TrainConfig, out_dir: str, *, resume: bool = False,
                "best_epoch": state.best[1] + 1, "best_pgd20_acc": state.best[0],
                "last_clean_acc": run_dir.last_value(history, "clean_acc"),
                "last_pgd20_acc": run_dir.last_value(history, "pgd20_acc")}
+    if state.best == run_dir.NO_BEST:
+        summary.update(best_epoch=None, best_pgd20_acc=None)
     if average is not None:
         summary.update(ema_best_epoch=state.ema_best[1] + 1,
                        ema_best_pgd20_acc=state.ema_best[0],
