@@ -42,12 +42,14 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
                    epsilon: float = 0.0, batch_size: int = 256, seed: int = 0,
                    reference_options: str = "", options_name: str = "autoattack_options",
                    autoattack_impl: str = "", recorded_autoattack: str = "",
-                   recorded_autoattack_sha256: str = "", log=print) -> dict:
+                   recorded_autoattack_sha256: str = "", sanity_checks: bool = True,
+                   log=print) -> dict:
     """Evaluate the Model artifact of ``model_dir`` with the attacks ``attacks`` and write
     the eval JSON to ``out_file``. ``recorded_autoattack``: the URI of an eval JSON of the
     same model file whose AutoAttack column this run may take instead of running it
     (`rslad_tf.evaluation.recorded` says when it applies; else AutoAttack runs), pinned
-    by ``recorded_autoattack_sha256`` when given."""
+    by ``recorded_autoattack_sha256`` when given. ``sanity_checks``: measure the model's
+    gradient-masking symptoms (`rslad_tf.evaluation.sanity`) into the JSON."""
     from rslad_tf.common import fileio
 
     names = parse_list(attacks, allowed, "attack")
@@ -94,7 +96,7 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
                   log=log, **extra)
     live_names = [n for n in names if n != "autoattack"] if record is not None else names
     result = dict(evaluate(keras_path, attacks=live_names, surrogate=surrogate_path,
-                           **common))
+                           sanity_checks=sanity_checks, **common))
     if record is not None:
         from rslad_tf.evaluation import recorded
 

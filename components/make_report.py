@@ -111,6 +111,45 @@ def recorded_note(result: dict) -> str:
     return f"- {result.get('method')} ({result.get('model')}): " + "; ".join(parts)
 
 
+def _run_label(result: dict) -> str:
+    label = f"{result.get('method')} ({result.get('model')}"
+    if result.get("grid_cell"):
+        label += f", {result['grid_cell']}"
+    if result.get("train_seed") is not None:
+        label += f", seed {result['train_seed']}"
+    return label + ")"
+
+
+def masking_checks(evals: list[dict]) -> list[str]:
+    """The report's lines on gradient masking (`rslad_tf.evaluation.sanity`): each model's
+    white-box measurements (zero input gradients, PGD accuracy by steps) checked again
+    against all the columns of its merged row, which is where the black-box columns first
+    meet the white-box ones (a black-box attack stronger than every white-box one is a
+    symptom too). Updates each eval's ``sanity.warnings`` in place. One line when no check
+    fires, else one per warning; nothing when no eval carries the measurements."""
+    from rslad_tf.evaluation import sanity
+
+    checked, lines = 0, []
+    for result in evals:
+        checks = result.get("sanity")
+        if not isinstance(checks, dict) or checks.get("skipped"):
+            continue
+        steps = {int(k): float(v)
+                 for k, v in (checks.get("pgd_accuracy_by_steps") or {}).items()}
+        warnings = sanity.masking_warnings(result, checks.get("zero_gradient_fraction"),
+                                           steps or None)
+        result["sanity"] = dict(checks, warnings=warnings)
+        checked += 1
+        lines += [f"- **warning**, {_run_label(result)}: {w}" for w in warnings]
+    if not checked:
+        return []
+    if not lines:
+        return [f"- gradient masking: no symptom in any of the {checked} evaluated models "
+                "(all-zero input gradients, PGD accuracy rising from 5 to 20 steps, a "
+                "black-box attack stronger than the white-box ones)"]
+    return lines
+
+
 def _load_artifact_evals(path: str) -> list[dict]:
     """The list of artifact eval JSONs an export_student step wrote (empty when it
     exported nothing)."""
@@ -193,6 +232,7 @@ def make_report_fn(whitebox_files: list[str], blackbox_files: list[str], report_
                         "is listed under the table")
     settings += [recorded_note(e) for e in ([teacher_eval] if teacher_eval else []) + evals
                  if e.get("recorded")]
+    settings += masking_checks(([teacher_eval] if teacher_eval else []) + evals)
     settings.append("- accuracies in percent; AA = AutoAttack (APGD-CE, APGD-T, FAB-T, "
                     "Square)")
     if any(e.get("artifact_format") for e in evals):

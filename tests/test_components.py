@@ -467,6 +467,9 @@ def test_evaluate_blackbox_transfer(tmp_path, data_dir, student_dir, surrogate_d
     assert 0 <= result["transfer_pgd_acc"] <= 100
     assert result["surrogate_model"] == "small_cnn(width=6)"
     assert result["surrogate_sha256"] == _info(surrogate_dir)["sha256"]
+    # The gradient-masking measurements are the white-box step's (the report checks the
+    # merged row): this step does not repeat them.
+    assert "sanity" not in result
 
 
 def test_evaluate_bad_inputs(tmp_path, data_dir, student_dir, surrogate_dir):
@@ -514,6 +517,47 @@ def test_merge_evals_joins_white_and_black_box_in_method_order():
     rows = merge_evals(white, black)
     assert [r["method"] for r in rows] == ["natural", "rslad"]
     assert rows[1]["clean_acc"] == 90.0 and rows[1]["square_acc"] == 60.0
+
+
+def _sanity(zero=0.0, by_steps=(40.0, 38.0)):
+    return {"n_points": 16, "zero_gradient_fraction": zero,
+            "pgd_accuracy_by_steps": {"5": by_steps[0], "20": by_steps[1]}, "warnings": []}
+
+
+def test_the_report_checks_gradient_masking_on_the_merged_rows(tmp_path):
+    """Each step's eval JSON alone cannot see a black-box attack beating the white-box ones;
+    the report's merged row can, and says so, next to the white-box step's own symptoms."""
+    white = {"sat": _eval("sat", clean_acc=90.0, pgd_sat_acc=50.0, autoattack_acc=45.0,
+                          sanity=_sanity()),
+             "rslad": _eval("rslad", clean_acc=92.0, pgd_sat_acc=55.0, autoattack_acc=48.0,
+                            sanity=_sanity(zero=0.25, by_steps=(40.0, 44.0)))}
+    black = {"sat": _eval("sat", square_acc=60.0, transfer_pgd_acc=70.0),
+             "rslad": _eval("rslad", square_acc=30.0, transfer_pgd_acc=75.0)}
+    paths = {}
+    for kind, evals in (("w", white), ("b", black)):
+        for method, result in evals.items():
+            paths.setdefault(kind, []).append(str(tmp_path / f"{kind}-{method}.json"))
+            with open(paths[kind][-1], "w") as f:
+                json.dump(result, f)
+    out = [str(tmp_path / n) for n in ("report", "table", "plot")]
+    make_report_fn(paths["w"], paths["b"], *out, log=quiet)
+    lines = [line for line in open(out[0]).read().splitlines() if "**warning**" in line]
+    assert len(lines) == 3 and all("rslad (small_cnn(width=16)" in line for line in lines)
+    assert any("black-box square (30.00%) is stronger" in line for line in lines)
+    assert any("all-zero input gradient" in line for line in lines)
+    assert any("rises with more steps" in line for line in lines)
+    # Without the black-box row the same white-box result raises only its own two.
+    make_report_fn(paths["w"], [], *(p + "-white" for p in out), log=quiet)
+    assert open(out[0] + "-white").read().count("**warning**") == 2
+    # A clean bill is one line; results without the measurements get none.
+    white["rslad"]["sanity"] = _sanity()
+    black["rslad"]["square_acc"] = 60.0
+    for kind, evals in (("w", white), ("b", black)):
+        with open(str(tmp_path / f"{kind}-rslad.json"), "w") as f:
+            json.dump(evals["rslad"], f)
+    make_report_fn(paths["w"], paths["b"], *(p + "-clean" for p in out), log=quiet)
+    text = open(out[0] + "-clean").read()
+    assert "**warning**" not in text and "no symptom in any of the 2 evaluated models" in text
 
 
 def test_make_report(tmp_path):
