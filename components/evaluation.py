@@ -4,6 +4,7 @@ Model artifact, the eval JSON written to the output artifact."""
 from __future__ import annotations
 
 import json
+import time
 import os
 
 from components.common import check_model_fits, parse_list, read_dataset, tagged
@@ -95,8 +96,12 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
                   model_name=info.get("model_name"), checkpoint=info.get("checkpoint"),
                   log=log, **extra)
     live_names = [n for n in names if n != "autoattack"] if record is not None else names
+    # The surrogate's artifact may hold its transfer images, crafted once by the step
+    # that trained it (`craft_transfer_examples`); the suite checks that they apply.
     result = dict(evaluate(keras_path, attacks=live_names, surrogate=surrogate_path,
-                           sanity_checks=sanity_checks, **common))
+                           sanity_checks=sanity_checks,
+                           transfer_examples=surrogate_dir if surrogate_path else None,
+                           **common))
     if record is not None:
         from rslad_tf.evaluation import recorded
 
@@ -119,6 +124,43 @@ def run_evaluation(dataset_dir: str, model_dir: str, out_file: str, *, attacks: 
         result["surrogate_sha256"] = surrogate_info.get("sha256")
     fileio.write_json(out_file, result)
     return result
+
+
+def craft_transfer_examples(dataset_dir: str, model_dir: str, *, attacks: str,
+                            n_examples: int = 0, epsilon: float = 0.0,
+                            batch_size: int = 256, seed: int = 0, log=print) -> dict | None:
+    """Craft the transfer images of ``attacks``' transfer columns on the Model artifact of
+    ``model_dir`` (a surrogate) and store them in that artifact
+    (`rslad_tf.evaluation.transfer`), with the settings the evaluation steps use
+    (``n_examples``, ``epsilon``, ``batch_size``, ``seed`` as for `run_evaluation`). Every
+    student's black-box step then reads them instead of crafting the same images again.
+    Returns the bundle's settings; None when ``attacks`` has no transfer column."""
+    from rslad_tf.common import vocabulary
+    from rslad_tf.data import load_numpy, spec
+    from rslad_tf.evaluation import transfer
+
+    from components.common import BLACKBOX_ATTACKS
+
+    columns = [a for a in parse_list(attacks, BLACKBOX_ATTACKS, "attack")
+               if a in vocabulary.TRANSFER_COLUMNS] if str(attacks).strip() else []
+    if not columns:
+        return None
+    manifest = read_dataset(dataset_dir)
+    surrogate, keras_path, info = load_model_artifact(model_dir, "surrogate")
+    check_model_fits(surrogate, manifest, keras_path, "surrogate")
+    x, y = load_numpy(manifest["dataset"], "test", manifest.get("data_dir"))
+    if int(n_examples):
+        x, y = x[:int(n_examples)], y[:int(n_examples)]
+    eps = float(epsilon) or spec(manifest["dataset"]).epsilon
+    made_with = transfer.settings(columns, x=x, y=y, eps=eps, seed=seed,
+                                  batch_size=batch_size, surrogate_sha256=info.get("sha256"))
+    started = time.time()
+    transfer.save(model_dir, transfer.craft(surrogate, x, y, columns, eps=eps, seed=seed,
+                                            batch_size=batch_size), made_with)
+    tagged(log, info.get("role") or "surrogate")(
+        f"transfer images for {', '.join(columns)} on {len(x)} test points, eps {eps:.5g}, "
+        f"crafted once for every black-box step ({time.time() - started:.1f} s)")
+    return made_with
 
 
 def fetch_record(uri: str, expected_sha256: str = "") -> tuple[dict, str]:

@@ -102,9 +102,14 @@ def train_surrogate(data: Input[Dataset], surrogate: Output[Model], method: str 
                     model: str = "", epochs: int = 0, epsilon: float = 0.0,
                     attack_steps: int = 0, max_steps: int = 0, batch_size: int = 0,
                     seed: int = 1, eval_n_examples: int = 0, checkpoint: str = "best",
-                    device_type: str = "", device_count: int = 0):
-    """Adversarially train the surrogate the black-box transfer attacks are crafted on."""
+                    transfer_attacks: str = "", transfer_n_examples: int = 0,
+                    transfer_epsilon: float = 0.0, transfer_batch_size: int = 256,
+                    transfer_seed: int = 0, device_type: str = "", device_count: int = 0):
+    """Adversarially train the surrogate the black-box transfer attacks are crafted on,
+    then craft the transfer images of ``transfer_attacks`` (the black-box step's columns)
+    with the evaluation's settings once, into the artifact ("" = none)."""
     from components.common import configure_runtime, metadata_for_kfp, report_device
+    from components.evaluation import craft_transfer_examples
     from components.train_teacher import train_teacher_fn
 
     configure_runtime(attack_shards="auto")
@@ -114,4 +119,7 @@ def train_surrogate(data: Input[Dataset], surrogate: Output[Model], method: str 
                             attack_steps=attack_steps, max_steps=max_steps,
                             batch_size=batch_size, seed=seed,
                             eval_n_examples=eval_n_examples, checkpoint=checkpoint)
+    craft_transfer_examples(data.path, surrogate.path, attacks=transfer_attacks,
+                            n_examples=transfer_n_examples, epsilon=transfer_epsilon,
+                            batch_size=transfer_batch_size, seed=transfer_seed)
     surrogate.metadata.update(metadata_for_kfp(info))

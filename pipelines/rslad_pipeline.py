@@ -185,8 +185,15 @@ def make_pipeline(image: str | None = None, *, accelerators: bool = True,
                                    uri=teacher_uri, expected_sha256=teacher_sha256,
                                    method=teacher_method)
         alone(teacher.set_display_name("import-teacher").set_caching_options(False))
+        # The surrogate's step also crafts the transfer images every black-box step would
+        # craft alike (the pipeline's eval settings; a sweep cell at another eps crafts
+        # its own).
         surrogate = c.train_surrogate(data=data.outputs["data"], model=surrogate_model,
                                       epochs=surrogate_epochs, seed=surrogate_seed,
+                                      transfer_attacks=blackbox_attacks,
+                                      transfer_n_examples=eval_n_examples,
+                                      transfer_epsilon=epsilon,
+                                      transfer_batch_size=eval_batch_size, transfer_seed=seed,
                                       **train_args)
         alone(accelerate(surrogate.set_display_name("train-surrogate"), cache=False))
 

@@ -19,6 +19,7 @@ from components.common import (DATASET_MANIFEST, MODEL_FILE, MODEL_INFO, model_f
 from components.distill_student import distill_student_fn
 from components.evaluate_blackbox import evaluate_blackbox_fn
 from components.evaluate_whitebox import evaluate_whitebox_fn
+from components.evaluation import craft_transfer_examples
 from components.import_teacher import import_teacher_fn
 from components.make_report import make_report_fn, merge_evals
 from components.prepare_data import prepare_data_fn
@@ -470,6 +471,32 @@ def test_evaluate_blackbox_transfer(tmp_path, data_dir, student_dir, surrogate_d
     # The gradient-masking measurements are the white-box step's (the report checks the
     # merged row): this step does not repeat them.
     assert "sanity" not in result
+
+
+def test_the_surrogate_step_crafts_the_transfer_images_once(tmp_path, data_dir, student_dir,
+                                                            surrogate_dir):
+    """train_surrogate's crafting (the pipeline's eval settings) is what every black-box
+    step then reads: the same numbers as crafting in the step; at another eps (a sweep
+    cell's) the step crafts its own."""
+    crafted = str(tmp_path / "surrogate")
+    shutil.copytree(surrogate_dir, crafted)
+    settings = dict(n_examples=16, epsilon=0.1, batch_size=8, seed=3)
+    assert craft_transfer_examples(data_dir, crafted, attacks="square", log=quiet) is None
+    made_with = craft_transfer_examples(data_dir, crafted, attacks="transfer_pgd,square",
+                                        log=quiet, **settings)
+    assert list(made_with["attacks"]) == ["transfer_pgd"] and made_with["eps"] == 0.1
+    live = evaluate_blackbox_fn(data_dir, student_dir, surrogate_dir, str(tmp_path / "live"),
+                                attacks="transfer_pgd", log=quiet, **settings)
+    read = evaluate_blackbox_fn(data_dir, student_dir, crafted, str(tmp_path / "read"),
+                                attacks="transfer_pgd", log=quiet, **settings)
+    assert read["transfer_pgd_acc"] == live["transfer_pgd_acc"]
+    assert "crafted" in read["attacks"]["transfer_pgd"]
+    lines = []
+    other = evaluate_blackbox_fn(data_dir, student_dir, crafted, str(tmp_path / "other"),
+                                 attacks="transfer_pgd", log=lines.append,
+                                 **dict(settings, epsilon=0.2))
+    assert "crafted" not in other["attacks"]["transfer_pgd"]
+    assert any("do not apply (its eps is 0.1" in line for line in lines)
 
 
 def test_evaluate_bad_inputs(tmp_path, data_dir, student_dir, surrogate_dir):

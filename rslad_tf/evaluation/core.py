@@ -18,41 +18,49 @@ def predict_labels(model, images, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros([0], np.int64)
 
 
+def adversarial_examples(source, images, labels, *, attack, eps: float,
+                         batch_size: int = 256, seed: int = 0) -> np.ndarray:
+    """The images ``attack`` (an `rslad_tf.attacks.AttackSettings`) crafts on ``source``,
+    batch by batch. One generator seeded with ``seed`` serves all batches, so a given seed
+    and batch size give the same random starts whatever else is evaluated."""
+    import keras
+    from keras import ops
+
+    labels = np.asarray(labels)
+    generator = keras.random.SeedGenerator(seed)
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start:start + batch_size]
+        y = labels[start:start + batch_size]
+        size = len(x)
+        if len(images) > batch_size and size < batch_size:
+            # Pad the last batch to the full size so the compiled attack is not traced
+            # again for one more shape. Each example's attack is independent of the
+            # others (loss summed over the batch, inference mode): padding changes nothing
+            # but the random-start draw of that batch.
+            pad = batch_size - size
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+            y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
+        out.append(ops.convert_to_numpy(attack.run(source, x, y, eps=eps, seed=generator))[:size])
+    return np.concatenate(out)
+
+
 def correct_under_attack(model, images, labels, *, attack=None, eps: float = 0.0,
                          batch_size: int = 256, seed: int = 0, source_model=None) -> np.ndarray:
     """Per point: does ``model`` classify the attacked image correctly? [N] bool.
 
     ``attack``: an `rslad_tf.attacks.AttackSettings` or None (clean). ``source_model``: craft
-    the attack on this model instead (transfer attack); ``model`` still classifies. One
-    generator seeded with ``seed`` serves all batches, so a given seed and batch size give
-    the same random starts whatever else is evaluated.
+    the attack on this model instead (transfer attack); ``model`` still classifies. The
+    images are those of `adversarial_examples` (same seed and batch size, same images).
     """
-    import keras
-    from keras import ops
-
     labels = np.asarray(labels)
     if len(images) == 0:
         raise ValueError("no examples to evaluate")
-    source = model if source_model is None else source_model
-    generator = keras.random.SeedGenerator(seed) if attack is not None else None
-    flags = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
-        y = labels[start:start + batch_size]
-        if attack is not None:
-            size = len(x)
-            if len(images) > batch_size and size < batch_size:
-                # Pad the last batch to the full size so the compiled attack is not traced
-                # again for one more shape. Each example's attack is independent of the
-                # others (loss summed over the batch, inference mode): padding changes
-                # nothing but the random-start draw of that batch.
-                pad = batch_size - size
-                x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-                y = np.concatenate([y, np.repeat(y[-1:], pad, axis=0)])
-            x = ops.convert_to_numpy(attack.run(source, x, y, eps=eps, seed=generator))[:size]
-            y = y[:size]
-        flags.append(predict_labels(model, x, batch_size) == y)
-    return np.concatenate(flags)
+    if attack is not None:
+        images = adversarial_examples(model if source_model is None else source_model,
+                                      images, labels, attack=attack, eps=eps,
+                                      batch_size=batch_size, seed=seed)
+    return predict_labels(model, images, batch_size) == labels
 
 
 def accuracy_under_attack(model, images, labels, *, attack=None, eps: float = 0.0,

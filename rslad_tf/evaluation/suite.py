@@ -145,6 +145,10 @@ class _Run:
     log: object
     reference_file: object  # () -> the .keras file the reference implementation loads
     clean_pred: np.ndarray | None = None
+    # Transfer images crafted before this evaluation (`rslad_tf.evaluation.transfer`):
+    # (its settings, its arrays), and the settings this evaluation would craft with.
+    transfer_bundle: tuple | None = None
+    transfer_wanted: dict | None = None
 
     def clean_predictions(self) -> np.ndarray:
         if self.clean_pred is None:
@@ -175,14 +179,28 @@ def _transfer(run: _Run, name: str):
     """The white-box protocol attack the column transfers, crafted on the surrogate."""
     from rslad_tf.attacks import PROTOCOL
 
+    from rslad_tf.evaluation import transfer
+
     protocol_attack = vocabulary.COLUMNS_BY_KEY[name].transfers
     settings = PROTOCOL[protocol_attack]
-    acc = _percent(correct_under_attack(run.classifier, run.x, run.y, attack=settings,
-                                        eps=run.eps, batch_size=run.batch_size, seed=run.seed,
-                                        source_model=run.surrogate))
     record = dict(settings.describe(run.eps), seed=int(run.seed),
                   batch_size=int(run.batch_size), crafted_on=run.surrogate_name,
                   protocol_attack=protocol_attack)
+    if run.transfer_bundle is not None:
+        made_with, arrays = run.transfer_bundle
+        why_not = transfer.mismatch(made_with, run.transfer_wanted, name)
+        if why_not is None:
+            # The very images this runner would craft (same surrogate file, points, attack,
+            # eps, seed and batch size), crafted once for every model evaluated against them.
+            record["crafted"] = "before this evaluation, once for every evaluated model"
+            return _percent(predict_labels(run.classifier, arrays[name], run.batch_size)
+                            == run.y), record
+        if run.log:
+            run.log(f"  the transfer images crafted beforehand do not apply ({why_not}): "
+                    f"crafting {name} here")
+    acc = _percent(correct_under_attack(run.classifier, run.x, run.y, attack=settings,
+                                        eps=run.eps, batch_size=run.batch_size, seed=run.seed,
+                                        source_model=run.surrogate))
     return acc, record
 
 
@@ -364,7 +382,7 @@ def evaluate(model, *, classifier=None, dataset: str = "digits", data_dir: str |
              autoattack_version: str = "standard", autoattack_attacks=None,
              autoattack_options: dict | None = None, autoattack_threads: int | None = None,
              sanity_checks: bool = True, autoattack: str | None = None,
-             subject: str | None = None) -> dict:
+             subject: str | None = None, transfer_examples: str | None = None) -> dict:
     """Evaluate ``model`` with the paper's protocol; returns the eval JSON (a dict, see
     `rslad_tf.evaluation.result.EvalResult`).
 
@@ -399,6 +417,10 @@ def evaluate(model, *, classifier=None, dataset: str = "digits", data_dir: str |
             ``autoattack_threads`` to the reference only.
         subject: what the progress log calls the evaluated model (default: its checkpoint
             label or name).
+        transfer_examples: a folder that may hold transfer images crafted beforehand on
+            the surrogate file (`rslad_tf.evaluation.transfer`): a transfer column reads
+            them when they are what it would craft itself (same surrogate file, points,
+            attack, eps, seed and batch size), and crafts its own otherwise.
     """
     from rslad_tf.data import check_model_fits, load_numpy, spec
     from rslad_tf import models
@@ -488,6 +510,14 @@ def evaluate(model, *, classifier=None, dataset: str = "digits", data_dir: str |
             version=autoattack_version, aa_attacks=autoattack_attacks,
             options=autoattack_options, threads=autoattack_threads, log=log,
             reference_file=reference_file)
+        if transfer_examples and any(a in vocabulary.TRANSFER_COLUMNS for a in chosen):
+            from rslad_tf.evaluation import transfer
+
+            run.transfer_bundle = transfer.load(transfer_examples)
+            run.transfer_wanted = transfer.settings(
+                [a for a in chosen if a in vocabulary.TRANSFER_COLUMNS], x=x, y=y, eps=eps,
+                seed=seed, batch_size=batch_size,
+                surrogate_sha256=fileio.sha256(surrogate_path) if surrogate_path else None)
         for name in chosen:
             started = time.time()
             acc, record = RUNNERS[name](run, name)
