@@ -17,8 +17,8 @@ printed here and written to the output folder as report.md, table.json and
 clean_vs_aa.png (next to all artifacts under pipeline_root/ and the full log
 pipeline.log).
 
-The budget is the ``digits`` local preset: its pipeline took 12 min 42 s to 12 min 58 s on
-the project's 2-core VM (README), 10 min 44 s to 11 min 12 s of it for the six students;
+The budget is the ``digits`` local preset: its pipeline took 11 min 6 s on the project's
+2-core VM (README), 9 min 18 s of it for the six students;
 ``--methods`` trains fewer, and ``--quick`` runs the ``digits-tiny`` smoke test instead.
 An output folder that already holds results is never overwritten: the run goes to a new
 timestamped subfolder.
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.demo",
         description="Run the RSLAD Kubeflow pipeline locally on the embedded digits and print "
-                    "the paper-style table (about 13 minutes on the project's 2-core VM).")
+                    "the paper-style table (about 11 minutes on the project's 2-core VM).")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help=f"output folder (default {DEFAULT_OUT}; a folder holding results "
                              "gets a new timestamped subfolder)")
