@@ -17,8 +17,8 @@ printed here and written to the output folder as report.md, table.json and
 clean_vs_aa.png (next to all artifacts under pipeline_root/ and the full log
 pipeline.log).
 
-The budget is the ``digits`` local preset: its pipeline took 6 min 18 s to 11 min 6 s on the project's
-2-core VM (README), 5 min 19 s to 9 min 18 s of it for the six students;
+The budget is the ``digits`` local preset: its pipeline took 6 min 18 s to 11 min 6 s on
+the project's 2-core VM (README), 5 min 19 s to 9 min 18 s of it for the six students;
 ``--methods`` trains fewer, and ``--quick`` runs the ``digits-tiny`` smoke test instead.
 An output folder that already holds results is never overwritten: the run goes to a new
 timestamped subfolder.
