@@ -114,13 +114,18 @@ def run_config_of(checkpoint: str | None) -> dict | None:
     (``RUN/checkpoints/x.keras``), or None when it lies in no readable run directory."""
     if not checkpoint:
         return None
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))),
-                        "config.json")
+    return read_json_object(os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(checkpoint))), "config.json"))
+
+
+def read_json_object(path: str) -> dict | None:
+    """The JSON object in the file ``path``; None when the file is missing, unreadable or
+    holds something else than an object."""
     if not os.path.isfile(path):
         return None
     try:
         with open(path) as f:
-            config = json.load(f)
+            value = json.load(f)
     except (OSError, ValueError):
         return None
-    return config if isinstance(config, dict) else None
+    return value if isinstance(value, dict) else None

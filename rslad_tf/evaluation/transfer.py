@@ -80,15 +80,10 @@ def save(folder: str, examples: dict[str, np.ndarray], made_with: dict) -> None:
 def load(folder: str) -> tuple[dict, dict[str, np.ndarray]] | None:
     """(settings, arrays) of the bundle in ``folder``; None when it holds none. A bundle
     whose arrays file changed since it was written counts as none."""
-    arrays, info = os.path.join(folder, ARRAYS_FILE), os.path.join(folder, SETTINGS_FILE)
-    if not (os.path.isfile(arrays) and os.path.isfile(info)):
-        return None
-    try:
-        with open(info) as f:
-            made_with = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(made_with, dict) or made_with.get("arrays_sha256") != fileio.sha256(arrays):
+    arrays = os.path.join(folder, ARRAYS_FILE)
+    made_with = fileio.read_json_object(os.path.join(folder, SETTINGS_FILE))
+    if (made_with is None or not os.path.isfile(arrays)
+            or made_with.get("arrays_sha256") != fileio.sha256(arrays)):
         return None
     with np.load(arrays) as data:
         return made_with, {name: data[name] for name in data.files}
