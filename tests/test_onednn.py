@@ -1,7 +1,8 @@
 """TensorFlow's oneDNN kernels (`rslad_tf.common.onednn`): which models meet their
-weight-gradient bug, the guard that refuses to train those under them, the local
-pipeline's switch, and in a process with the kernels on, the bug itself (the calibration)
-next to exact gradients and training for the digits models the demo trains with them."""
+weight-gradient bug, on which CPUs TensorFlow runs the kernels and oneDNN runs the code
+that has the bug, the guard that refuses to train those models there, the local
+pipeline's switch, and in child processes the bug itself (the calibration) next to exact
+gradients and training for the digits models the demo trains with the kernels."""
 
 import os
 import subprocess
@@ -50,19 +51,80 @@ def test_which_architectures_have_strided_pointwise_convolutions():
     assert not onednn.safe_for_tensorflow_kernels([])
 
 
+EPYC_AVX2 = frozenset({"avx", "avx2", "fma"})  # the AMD VM: no AVX-512, no VNNI
+ALDER_LAKE = EPYC_AVX2 | {"avx_vnni"}  # TensorFlow's default on, AVX2 code
+XEON_AVX512 = EPYC_AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}
+
+
+def _on_cpu(monkeypatch, flags, switch=None, cap=None):
+    monkeypatch.setattr(onednn, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(onednn, "is_x86", lambda: True)
+    monkeypatch.setattr(onednn.platform, "system", lambda: "Linux")
+    for name, value in ((onednn.TENSORFLOW_SWITCH, switch),
+                        (onednn.ISA_CAP_VARIABLES[0], cap)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    for name in onednn.ISA_CAP_VARIABLES[1:]:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_which_cpus_run_the_kernels_and_their_avx2_code(monkeypatch):
+    """TensorFlow's rule: the switch when it reads 0/1/false/true, else on for VNNI, BF16
+    or AMX CPUs; oneDNN's AVX2 code without the four AVX-512 core features or under a cap
+    below them."""
+    _on_cpu(monkeypatch, EPYC_AVX2)
+    assert not onednn.tensorflow_kernels_on() and onednn.avx2_kernels()
+    _on_cpu(monkeypatch, ALDER_LAKE)
+    assert onednn.tensorflow_kernels_on() and onednn.avx2_kernels()
+    _on_cpu(monkeypatch, XEON_AVX512)
+    assert onednn.tensorflow_kernels_on() and not onednn.avx2_kernels()
+    for value, expected in (("1", True), ("TRUE", True), ("0", False), ("false", False),
+                            ("yes", True)):  # TensorFlow falls back to its default
+        _on_cpu(monkeypatch, XEON_AVX512, switch=value)
+        assert onednn.tensorflow_kernels_on() is expected, value
+    _on_cpu(monkeypatch, EPYC_AVX2, switch="true")
+    assert onednn.tensorflow_kernels_on()
+    for cap, expected in (("AVX2", True), ("avx2_vnni", True), ("AVX512_CORE", False),
+                          ("ALL", False)):
+        _on_cpu(monkeypatch, XEON_AVX512, cap=cap)
+        assert onednn.avx2_kernels() is expected, cap
+    monkeypatch.setattr(onednn, "is_x86", lambda: False)
+    assert not onednn.avx2_kernels() and not onednn.tensorflow_kernels_on()
+
+
+def test_the_rule_matches_tensorflows_own_answer():
+    """In this process (the switch as the test run left it), our rule says what TensorFlow
+    decided when it was imported; the child processes below check the switch's values."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    if onednn.TENSORFLOW_SWITCH in os.environ:
+        pytest.skip("the switch is set here; the child processes check its values")
+    assert onednn.tensorflow_kernels_on() == bool(_pywrap_util_port.IsMklEnabled())
+
+
 def test_training_a_hazardous_model_under_the_kernels_is_refused(monkeypatch):
-    monkeypatch.delenv(onednn.TENSORFLOW_SWITCH, raising=False)
+    student = models.create("small_cnn", 10, input_shape=(8, 8, 1), width=4)
+    _on_cpu(monkeypatch, EPYC_AVX2)
     onednn.check_tensorflow_training(_narrow_resnet())  # kernels off: nothing to refuse
-    monkeypatch.setenv(onednn.TENSORFLOW_SWITCH, "1")
-    onednn.check_tensorflow_training(models.create("small_cnn", 10, input_shape=(8, 8, 1),
-                                                   width=4))
+    _on_cpu(monkeypatch, XEON_AVX512, switch="1")
+    onednn.check_tensorflow_training(_narrow_resnet())  # AVX-512 code: right
+    _on_cpu(monkeypatch, EPYC_AVX2, switch="0")
+    onednn.check_tensorflow_training(_narrow_resnet())
+    _on_cpu(monkeypatch, EPYC_AVX2, switch="1")
+    onednn.check_tensorflow_training(student)
     with pytest.raises(UserError) as info:
         onednn.check_tensorflow_training(_narrow_resnet())
     message = str(info.value)
-    assert message.startswith("TF_ENABLE_ONEDNN_OPTS=1: TensorFlow's oneDNN kernels compute "
-                              "wrong weight gradients")
-    assert "unset TF_ENABLE_ONEDNN_OPTS to train this model" in message
+    assert message.startswith("TensorFlow's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS=1) compute "
+                              "wrong weight gradients on CPUs without AVX-512")
+    assert "set TF_ENABLE_ONEDNN_OPTS=0 to train this model" in message
     assert "\n" not in message
+    for flags, cap in ((ALDER_LAKE, None), (XEON_AVX512, "AVX2")):
+        _on_cpu(monkeypatch, flags, cap=cap)
+        with pytest.raises(UserError, match=r"\(on by default on this CPU\)"):
+            onednn.check_tensorflow_training(_narrow_resnet())
 
 
 def test_the_local_pipeline_switches_the_kernels_on_for_digits_only():
@@ -95,17 +157,21 @@ import sys
 import numpy as np
 import tensorflow as tf
 import keras
+from tensorflow.python.util import _pywrap_util_port
 
 tf.config.threading.set_intra_op_parallelism_threads(1)
-print("started", flush=True)
 sys.path.insert(0, sys.argv[2])
+from rslad_tf.common import onednn
 from test_onednn import sat_steps, weight_gradient_error
 
-weights = sat_steps()
-errors = [weight_gradient_error(4, 3, 2), weight_gradient_error(8, 1, 2),
-          weight_gradient_error(4, 1, 1)]
-np.savez(sys.argv[1], errors=np.array(errors), weights=np.array(weights, dtype=object))
-print("saved", flush=True)
+print("policy", int(onednn.tensorflow_kernels_on()), int(_pywrap_util_port.IsMklEnabled()),
+      int(onednn.avx2_kernels()), flush=True)
+if sys.argv[3] != "hazard-only":
+    weights = sat_steps()
+    errors = [weight_gradient_error(4, 3, 2), weight_gradient_error(8, 1, 2),
+              weight_gradient_error(4, 1, 1)]
+    np.savez(sys.argv[1], errors=np.array(errors), weights=np.array(weights, dtype=object))
+    print("saved", flush=True)
 # Last, the hazard: the kernel writes past its buffer, so on some calls the gradient comes
 # out right, on others wrong, or the process dies. Report each call as it comes, then
 # leave before the heap is used again.
@@ -152,30 +218,67 @@ def sat_steps():
     return [w.numpy() for w in student.weights]
 
 
-def test_the_kernels_get_the_hazard_wrong_and_the_digits_models_right(tmp_path):
-    """In a child process with the kernels on: a 3x3 convolution, a 1x1 one on 8 channels
-    and a stride-1 one have weight gradients within 1e-5 of float64, and two SAT steps of
-    a width-4 digits student end at the weights this process (kernels off) reaches; then
-    the weight gradient of a 1x1 stride-2 convolution on 4 channels comes out far from
-    float64 in some of 8 calls, or the process dies of the heap it corrupted (the bug the
-    guard and the switch's list are for)."""
-    if onednn.tensorflow_kernels_on():
-        pytest.skip("this process runs with the kernels on: nothing to compare with")
+def _start_child(tmp_path, name, switch, *, cap=None, hazard_only=False):
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
-    env[onednn.TENSORFLOW_SWITCH] = "1"
-    path = tmp_path / "on.npz"
-    child = subprocess.run([sys.executable, "-c", _WORKER, str(path),
-                            os.path.dirname(os.path.abspath(__file__))], env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert "saved" in child.stdout, child.stderr[-2000:]
-    data = np.load(path, allow_pickle=True)
-    assert max(data["errors"]) < 1e-5
-    off = sat_steps()
-    num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(data["weights"], off))
-    den = sum(float(np.sum(b ** 2)) for b in off)
+    env[onednn.TENSORFLOW_SWITCH] = switch
+    for variable in onednn.ISA_CAP_VARIABLES:
+        env.pop(variable, None)
+    if cap:
+        env[onednn.ISA_CAP_VARIABLES[0]] = cap
+    path = tmp_path / f"{name}.npz"
+    child = subprocess.Popen(
+        [sys.executable, "-c", _WORKER, str(path), os.path.dirname(os.path.abspath(__file__)),
+         "hazard-only" if hazard_only else "all"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return child, path
+
+
+def _finish(child):
+    stdout, stderr = child.communicate(timeout=300)
+    lines = stdout.splitlines()
+    policy = [[int(v) for v in line.split()[1:]] for line in lines if line.startswith("policy")]
+    errors = [float(line.split()[1]) for line in lines if line.startswith("error ")]
+    return policy[0] if policy else None, errors, child.returncode, stderr[-2000:]
+
+
+@pytest.mark.skipif(not onednn.is_x86(), reason="oneDNN's AVX2 code runs on x86 only")
+def test_the_kernels_get_the_hazard_wrong_and_the_digits_models_right(tmp_path):
+    """Three child processes. Kernels off: the narrow 1x1 stride-2 weight gradient stays
+    within 1e-5 of float64 in 8 calls (the control). Kernels on: a 3x3 convolution, a 1x1
+    one on 8 channels and a stride-1 one are within 1e-5 of float64, and two SAT steps of a
+    width-4 digits student end at the kernels-off weights; the narrow gradient then comes
+    out far from float64 in some of 8 calls, or the process dies of the heap it corrupted,
+    where oneDNN runs its AVX2 code, and is right where it runs its AVX-512 code (what the
+    guard relies on to let such CPUs train). Kernels on and oneDNN capped to AVX2: the
+    narrow gradient goes wrong or kills the process on any x86 CPU with AVX2 (the bug the
+    guard and the switch's list are for). Each child reports our rule of when the kernels
+    are on next to TensorFlow's own answer."""
+    children = {"off": _start_child(tmp_path, "off", "0"),
+                "on": _start_child(tmp_path, "on", "1"),
+                "capped": _start_child(tmp_path, "capped", "1", cap="AVX2", hazard_only=True)}
+    done = {name: _finish(child) for name, (child, _) in children.items()}
+    assert done["off"][0][:2] == [0, 0], done["off"]
+    assert done["on"][0][:2] == [1, 1], done["on"]
+    assert done["capped"][0] == [1, 1, 1], done["capped"]
+    for name in ("off", "on"):
+        assert children[name][1].exists(), done[name]
+    off = np.load(children["off"][1], allow_pickle=True)
+    on = np.load(children["on"][1], allow_pickle=True)
+    assert max(on["errors"]) < 1e-5 and max(off["errors"]) < 1e-5
+    num = sum(float(np.sum((a - b) ** 2)) for a, b in zip(on["weights"], off["weights"]))
+    den = sum(float(np.sum(b ** 2)) for b in off["weights"])
     assert (num / den) ** 0.5 < 1e-5
-    errors = [float(line.split()[1]) for line in child.stdout.splitlines()
-              if line.startswith("error ")]
-    # Killed inside the kernel (SIGABRT from malloc's checks, or SIGSEGV), or wrong.
-    assert child.returncode in (-6, -11) or max(errors) > 0.05, (
-        child.returncode, errors, child.stderr[-2000:])
+    _, errors, returncode, _ = done["off"]
+    assert returncode == 0 and len(errors) == 8 and max(errors) < 1e-5, done["off"]
+
+    def wrong_or_dead(result):
+        # Killed inside the kernel (SIGABRT from malloc's checks, or SIGSEGV), or wrong.
+        _, errors, returncode, _ = result
+        return returncode in (-6, -11) or (bool(errors) and max(errors) > 0.05)
+
+    assert wrong_or_dead(done["capped"]), done["capped"]
+    if done["on"][0][2]:  # this CPU runs the AVX2 code
+        assert wrong_or_dead(done["on"]), done["on"]
+    else:
+        _, errors, returncode, _ = done["on"]
+        assert returncode == 0 and len(errors) == 8 and max(errors) < 1e-5, done["on"]
