@@ -4,8 +4,8 @@ Model artifact, the eval JSON written to the output artifact."""
 from __future__ import annotations
 
 import json
-import time
 import os
+import time
 
 from components.common import check_model_fits, parse_list, read_dataset, tagged
 from components.training import load_model_artifact

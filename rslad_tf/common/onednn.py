@@ -121,17 +121,22 @@ def avx2_kernels() -> bool:
     return not all(flag in cpu_flags() for flag in AVX512_CORE_FLAGS)
 
 
+def tensorflow_switch() -> bool | None:
+    """What ``TF_ENABLE_ONEDNN_OPTS`` asks of TensorFlow, read as TensorFlow reads it: True
+    for 1 or true, False for 0 or false (any case), None when unset or anything else
+    (TensorFlow then keeps its default)."""
+    value = os.environ.get(TENSORFLOW_SWITCH, "").lower()
+    return True if value in ("1", "true") else False if value in ("0", "false") else None
+
+
 def tensorflow_kernels_on() -> bool:
     """Whether TensorFlow 2.21 runs oneDNN's kernels in this process: as the switch says
-    when it reads 0, 1, false or true (any case, as TensorFlow reads it); otherwise its
-    default, on for Linux CPUs with one of ``TENSORFLOW_DEFAULT_ON_FLAGS`` and on Windows
-    x86. TensorFlow reads the switch once, when it is imported; tests/test_onednn.py
-    compares this with TensorFlow's own answer."""
-    value = os.environ.get(TENSORFLOW_SWITCH, "").lower()
-    if value in ("1", "true"):
-        return True
-    if value in ("0", "false"):
-        return False
+    (`tensorflow_switch`); otherwise its default, on for Linux CPUs with one of
+    ``TENSORFLOW_DEFAULT_ON_FLAGS`` and on Windows x86. TensorFlow reads the switch once,
+    when it is imported; tests/test_onednn.py compares this with TensorFlow's own answer."""
+    switch = tensorflow_switch()
+    if switch is not None:
+        return switch
     if not is_x86():
         return False
     if platform.system() == "Windows":
@@ -164,8 +169,7 @@ def check_tensorflow_training(model) -> None:
 
     if tf.config.list_physical_devices("GPU"):
         return
-    value = os.environ.get(TENSORFLOW_SWITCH, "")
-    how = (f"{TENSORFLOW_SWITCH}={value}" if value.lower() in ("1", "true")
+    how = (f"{TENSORFLOW_SWITCH}={os.environ[TENSORFLOW_SWITCH]}" if tensorflow_switch()
            else "on by default on this CPU")
     raise UserError(f"TensorFlow's oneDNN kernels ({how}) compute wrong weight gradients on "
                     f"CPUs without AVX-512 for layer {hazard} of {model.name!r} (oneDNN "

@@ -178,7 +178,6 @@ def _protocol(run: _Run, name: str):
 def _transfer(run: _Run, name: str):
     """The white-box protocol attack the column transfers, crafted on the surrogate."""
     from rslad_tf.attacks import PROTOCOL
-
     from rslad_tf.evaluation import transfer
 
     protocol_attack = vocabulary.COLUMNS_BY_KEY[name].transfers
